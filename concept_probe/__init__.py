@@ -13,14 +13,17 @@ from .errors import (
     LayerNotFoundError,
     NotFittedError,
 )
+from .factorization import ConvexNMF, SemiNMF
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConceptProbeError",
     "ConvergenceWarning",
+    "ConvexNMF",
     "CorruptFileError",
     "LayerNotFoundError",
     "NotFittedError",
+    "SemiNMF",
     "__version__",
 ]

@@ -1,0 +1,480 @@
+"""What every dictionary estimator shares: state, encode/decode, input checks, save/load."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._torch_utils import make_generator, resolve_device, resolve_dtype
+from ..errors import ConvergenceWarning, CorruptFileError, NotFittedError
+from ._input import as_2d_tensor, check_finite
+from ._nnls import NNLSInfo, nnls_block
+
+_FORMAT = "concept_probe.dictionary"
+_FORMAT_VERSION = 1
+
+# Rows per block: enough to keep the matrix products efficient, small enough that a
+# block's temporaries (e.g. |A| of a mixed-sign block) stay a few tens of MB on a CPU.
+_CPU_BLOCK_ELEMENTS = 2**24
+_GPU_BLOCK_ELEMENTS = 2**28
+
+
+def _auto_block(n_features: int, device: torch.device) -> int:
+    budget = _GPU_BLOCK_ELEMENTS if device.type != "cpu" else _CPU_BLOCK_ELEMENTS
+    return max(256, budget // max(n_features, 1))
+
+
+class DictionaryEstimator(nn.Module):
+    """Base class: a non-negative code ``Z`` against a learned dictionary ``D`` (k, d).
+
+    Subclasses implement ``fit``; this class provides ``encode`` (non-negative least
+    squares with ``D`` fixed), ``decode``, ``get_dictionary``, the input sanitisers, the
+    keyword-argument check, and the shareable file format.
+
+    ``W`` and ``D`` are buffers, so ``state_dict()``, ``load_state_dict()`` and ``.to()`` work
+    as for any module; before fitting they are empty (0 x 0) tensors.
+    """
+
+    #: extra keyword arguments the constructor accepts, with their defaults
+    _EXTRAS: ClassVar[dict[str, Any]] = {}
+    #: constructor arguments saved to and restored from files
+    _CONFIG_KEYS: ClassVar[tuple[str, ...]] = ("nb_concepts", "tol", "verbose")
+
+    W: torch.Tensor
+    D: torch.Tensor
+
+    def __init__(
+        self,
+        nb_concepts: int,
+        device: str | torch.device = "cpu",
+        tol: float = 1e-4,
+        verbose: bool = False,
+        **kwargs: Any,
+    ):
+        super().__init__()
+        unknown = sorted(set(kwargs) - set(self._EXTRAS))
+        if unknown:
+            allowed = ", ".join(sorted(self._EXTRAS)) or "none"
+            raise TypeError(
+                f"{type(self).__name__}() got unexpected keyword argument(s) "
+                f"{', '.join(map(repr, unknown))}. Accepted extra keyword arguments: {allowed}. "
+                f"(max_iter belongs to fit(A, max_iter=...).)"
+            )
+        self.nb_concepts = nb_concepts
+        self.device = device
+        self.tol = tol
+        self.verbose = verbose
+        for key, default in self._EXTRAS.items():
+            setattr(self, key, kwargs.get(key, default))
+        self.register_buffer("W", torch.empty(0, 0))
+        self.register_buffer("D", torch.empty(0, 0))
+        self._gen: torch.Generator | None = None
+        self.n_iter_: int | None = None
+        self.loss_history_: list[float] = []
+        self.converged_: bool | None = None
+        self.reconstruction_error_: float | None = None
+        self.n_samples_fit_: int | None = None
+        self.n_features_in_: int | None = None
+        self.encode_info_: NNLSInfo | None = None
+
+    # ------------------------------------------------------------------ state
+    @property
+    def fitted(self) -> bool:
+        """Whether the estimator holds a dictionary (after ``fit`` or ``load``)."""
+        return self.D.numel() > 0
+
+    def _check_fitted(self, method: str) -> None:
+        if not self.fitted:
+            raise NotFittedError(self, method)
+
+    def extra_repr(self) -> str:
+        keys = [*self._CONFIG_KEYS]
+        parts = [f"{k}={getattr(self, k)!r}" for k in keys if k != "verbose"]
+        if self.fitted:
+            parts.append(f"dictionary={tuple(self.D.shape)}")
+        return ", ".join(parts)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Buffers start empty; take the incoming shapes so that a fresh estimator can load
+        # a fitted one's state_dict.
+        for name in ("W", "D"):
+            key = prefix + name
+            if key in state_dict and state_dict[key].shape != getattr(self, name).shape:
+                cur = getattr(self, name)
+                setattr(self, name, torch.empty_like(state_dict[key], device=cur.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.fitted:
+            self.n_features_in_ = int(self.D.shape[1])
+            if self.W.numel():
+                self.n_samples_fit_ = int(self.W.shape[1])
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        if self.D.numel():
+            self.device = str(self.D.device)
+        return out
+
+    # --------------------------------------------------------------- validation
+    def _validate_common(self) -> tuple[torch.device, torch.dtype | None]:
+        k = self.nb_concepts
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(
+                f"nb_concepts must be a positive integer (the number of concepts k); got {k!r}."
+            )
+        if not isinstance(self.tol, (int, float)) or not self.tol >= 0:
+            raise ValueError(
+                f"tol must be a number >= 0 (0 disables early stopping); got {self.tol!r}."
+            )
+        device = resolve_device(self.device)
+        dtype = getattr(self, "dtype", None)
+        dtype = None if dtype is None else resolve_dtype(dtype)
+        return device, dtype
+
+    @staticmethod
+    def _check_max_iter(max_iter: int, name: str = "max_iter") -> int:
+        if (
+            isinstance(max_iter, bool)
+            or not isinstance(max_iter, (int, np.integer))
+            or max_iter < 0
+        ):
+            raise ValueError(f"{name} must be an integer >= 0; got {max_iter!r}.")
+        return int(max_iter)
+
+    def _prepare_fit_input(self, A, device, dtype) -> torch.Tensor:
+        A = as_2d_tensor(A, name="A", dtype=dtype, device=device)
+        check_finite(A, "A")
+        if self.nb_concepts > A.shape[0]:
+            raise ValueError(
+                f"nb_concepts={self.nb_concepts} is larger than the number of samples "
+                f"n_samples={A.shape[0]} in A (shape {tuple(A.shape)}); each concept needs "
+                f"rows to be made of. Use nb_concepts <= {A.shape[0]}, or give more rows."
+            )
+        return A
+
+    def _block_rows(self, n_features: int, device: torch.device) -> int:
+        bs = getattr(self, "batch_size", None)
+        if bs is None:
+            return _auto_block(n_features, device)
+        if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1:
+            raise ValueError(
+                f"batch_size must be a positive integer (rows per block) or None; got {bs!r}."
+            )
+        return int(bs)
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if self._gen is None or self._gen.device != device:
+            self._gen = make_generator(getattr(self, "seed", None), device)
+        return self._gen
+
+    # ---------------------------------------------------------- sanitisers (seed API)
+    def sanitize_np_input(self, x) -> np.ndarray:
+        """Return ``x`` as a float32 numpy array of shape (n_samples, n_features).
+
+        Parameters
+        ----------
+        x : Tensor, ndarray, DataLoader or iterable of batches
+            Batches are concatenated along rows; a batch that is a tuple contributes its
+            first item (the data of an ``(x, y)`` dataset).
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_features), dtype float32
+        """
+        t = as_2d_tensor(x, name="A", dtype=torch.float32, device=torch.device("cpu"))
+        return t.numpy()
+
+    def sanitize_np_codes(self, z) -> np.ndarray:
+        """Return codes as a float32 numpy array of shape (n_samples, nb_concepts).
+
+        Raises
+        ------
+        ValueError
+            If ``z`` is not 2-D with ``nb_concepts`` columns.
+        """
+        t = as_2d_tensor(z, name="Z", dtype=torch.float32, device=torch.device("cpu"))
+        if t.shape[1] != self.nb_concepts:
+            raise ValueError(
+                f"Z must have nb_concepts={self.nb_concepts} columns; got shape {tuple(t.shape)}."
+            )
+        return t.numpy()
+
+    # ------------------------------------------------------------- encode / decode
+    def get_dictionary(self) -> torch.Tensor:
+        """Return the dictionary ``D``.
+
+        Returns
+        -------
+        Tensor of shape (nb_concepts, n_features)
+        """
+        self._check_fitted("get_dictionary")
+        return self.D
+
+    def decode(self, Z) -> torch.Tensor:
+        """Reconstruct activations from codes: ``A_hat = Z D``.
+
+        Parameters
+        ----------
+        Z : Tensor or ndarray of shape (n_samples, nb_concepts)
+
+        Returns
+        -------
+        Tensor of shape (n_samples, n_features)
+        """
+        self._check_fitted("decode")
+        Z = as_2d_tensor(Z, name="Z", dtype=self.D.dtype, device=self.D.device)
+        if Z.shape[1] != self.D.shape[0]:
+            raise ValueError(
+                f"Z must have nb_concepts={self.D.shape[0]} columns to decode with this "
+                f"dictionary; got shape {tuple(Z.shape)}."
+            )
+        return Z @ self.D
+
+    def encode(self, A, max_iter: int = 300, tol: float | None = None) -> torch.Tensor:
+        """Codes for any rows with the dictionary fixed (non-negative least squares).
+
+        Solves ``min_{Z >= 0} 0.5 ||A - Z D||^2 + l1_penalty * sum(Z)`` row by row, in blocks,
+        on the estimator's device: a few coordinate-descent sweeps, then the Lawson-Hanson
+        active-set method until the KKT conditions hold to ``tol`` (see
+        ``concept_probe.factorization._nnls``). It never uses the training
+        rows: any number of new rows can be encoded.
+
+        Parameters
+        ----------
+        A : Tensor, ndarray, DataLoader or iterable of batches, shape (n_rows, n_features)
+            Rows to encode. Iterables are encoded batch by batch (never concatenated).
+        max_iter : int, default=300
+            Active-set iterations at most, per block of rows (each adds one coordinate to
+            the support of the rows that still violate the KKT conditions; typically a
+            few suffice).
+        tol : float, optional
+            Relative KKT tolerance (projected gradient over ``max |A D^T|`` of the row);
+            defaults to the estimator's ``tol``. 0 asks for the exact optimum.
+
+        Returns
+        -------
+        Z : Tensor of shape (n_rows, nb_concepts)
+            Non-negative codes, on the estimator's device. ``encode_info_`` records the
+            active-set iterations used and the worst remaining KKT violation.
+        """
+        self._check_fitted("encode")
+        max_iter = self._check_max_iter(max_iter)
+        tol = self.tol if tol is None else tol
+        if not isinstance(tol, (int, float)) or not tol >= 0:
+            raise ValueError(f"tol must be a number >= 0; got {tol!r}.")
+        D = self.D
+        dev, dt = D.device, D.dtype
+        k, d = D.shape
+        G = D @ D.T
+        ridge = 1e-6 * G.diagonal().mean().clamp(min=torch.finfo(dt).tiny)
+        L, _ = torch.linalg.cholesky_ex(G + ridge * torch.eye(k, dtype=dt, device=dev))
+        l1 = float(getattr(self, "l1_penalty", 0.0) or 0.0)
+        block = self._block_rows(max(d, k * 8), dev)
+        info = NNLSInfo()
+        out: list[torch.Tensor] = []
+
+        def run(t: torch.Tensor) -> None:
+            if t.shape[1] != d:
+                raise ValueError(
+                    f"A has {t.shape[1]} features but this {type(self).__name__} was fitted on "
+                    f"{d}; encode rows from the same layer (shape (n_rows, {d}))."
+                )
+            check_finite(t, "A")
+            for s in range(0, t.shape[0], block):
+                Zb, inf = nnls_block(t[s : s + block], D, G, L, l1=l1, max_iter=max_iter, tol=tol)
+                out.append(Zb)
+                info.merge(inf)
+
+        if isinstance(A, (torch.Tensor, np.ndarray)) or not isinstance(A, Iterable):
+            run(as_2d_tensor(A, name="A", dtype=dt, device=dev))
+        else:
+            n_batches = 0
+            for batch in A:
+                run(as_2d_tensor([batch], name="A", dtype=dt, device=dev))
+                n_batches += 1
+            if n_batches == 0:
+                raise ValueError("A is an empty iterable: it yielded no batches.")
+        self.encode_info_ = info
+        if tol > 0 and info.n_unsolved:
+            warnings.warn(
+                f"encode: {info.n_unsolved} of {info.n_rows} rows did not meet the KKT "
+                f"tolerance tol={tol:g} within max_iter={max_iter} iterations (worst relative "
+                f"violation {info.max_violation:.3g}). Increase max_iter or raise tol.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        return torch.cat(out, dim=0)
+
+    # ------------------------------------------------------------------ files
+    def _config(self) -> dict[str, Any]:
+        cfg = {key: getattr(self, key) for key in self._CONFIG_KEYS}
+        for key in self._EXTRAS:
+            val = getattr(self, key)
+            cfg[key] = str(val).replace("torch.", "") if isinstance(val, torch.dtype) else val
+        cfg["device"] = str(self.device)
+        return cfg
+
+    def _fit_info(self) -> dict[str, Any]:
+        return {
+            "n_iter": self.n_iter_,
+            "converged": self.converged_,
+            "reconstruction_error": self.reconstruction_error_,
+            "loss_history": self.loss_history_,
+            "n_samples_fit": self.n_samples_fit_,
+            "n_features_in": self.n_features_in_,
+        }
+
+    def save(self, path: str | os.PathLike, include_W: bool = True) -> Path:
+        """Write the fitted estimator to one ``.safetensors`` file, atomically.
+
+        The file holds ``D`` (and ``W`` unless ``include_W=False``) as tensors and, in the
+        safetensors header, a JSON document with the class, the constructor arguments and
+        what the fit recorded (iterations, loss history, error). It is written to a
+        temporary file in the same folder and renamed, so a crash never leaves a
+        half-written file under ``path``.
+
+        Parameters
+        ----------
+        path : str or PathLike
+            Destination; ``.safetensors`` is the conventional suffix.
+        include_W : bool, default=True
+            ``W`` has one column per training row (k x n); leave it out to share a small file
+            that can still ``encode`` and ``decode``.
+
+        Returns
+        -------
+        Path
+            The path written.
+        """
+        from safetensors.torch import save_file
+
+        self._check_fitted("save")
+        path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(
+                f"{path} is a folder; give a file path such as {path / 'concepts.safetensors'}."
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"D": self.D.detach().cpu().contiguous()}
+        if include_W and self.W.numel():
+            tensors["W"] = self.W.detach().cpu().contiguous()
+        header = {
+            "format": _FORMAT,
+            "format_version": _FORMAT_VERSION,
+            "class": type(self).__name__,
+            "config": self._config(),
+            "fit": self._fit_info(),
+        }
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata={"concept_probe": json.dumps(header)})
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device | None = None):
+        """Load an estimator written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or PathLike
+            File written by ``save``.
+        device : str or torch.device, optional
+            Where to put the tensors; defaults to the device it was saved from when that
+            device exists here, else ``'cpu'``.
+
+        Returns
+        -------
+        DictionaryEstimator
+            A fitted estimator of the class that was saved (``cls`` or a subclass).
+
+        Raises
+        ------
+        FileNotFoundError
+            If ``path`` does not exist.
+        CorruptFileError
+            If the file is truncated, not a safetensors file, or not written by ``save``.
+        """
+        from safetensors import SafetensorError, safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"No saved estimator at {path} (no such file).")
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                meta = f.metadata() or {}
+                tensors = {key: f.get_tensor(key) for key in f.keys()}
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise CorruptFileError(
+                f"{path} is not a readable safetensors file ({exc}). It may be truncated or "
+                f"written by another program; save the estimator again with .save(path)."
+            ) from exc
+        try:
+            header = json.loads(meta["concept_probe"])
+            ok = header.get("format") == _FORMAT and "D" in tensors
+        except (KeyError, json.JSONDecodeError, AttributeError):
+            ok = False
+        if not ok:
+            raise CorruptFileError(
+                f"{path} is a safetensors file but not a concept_probe estimator (missing or "
+                f"malformed 'concept_probe' header, or no 'D' tensor)."
+            )
+        if header.get("format_version", 0) > _FORMAT_VERSION:
+            raise CorruptFileError(
+                f"{path} was written by a newer concept_probe (format version "
+                f"{header['format_version']} > {_FORMAT_VERSION}); upgrade concept_probe."
+            )
+        target = _estimator_class(header["class"])
+        if not issubclass(target, cls):
+            raise TypeError(
+                f"{path} holds a {header['class']}, not a {cls.__name__}; load it with "
+                f"{header['class']}.load(path)."
+            )
+        config = dict(header["config"])
+        saved_device = config.pop("device", "cpu")
+        if device is None:
+            try:
+                resolve_device(saved_device)
+                device = saved_device
+            except ValueError:
+                device = "cpu"
+        dev = resolve_device(device)
+        args = {key: config.pop(key) for key in target._CONFIG_KEYS if key in config}
+        extras = {key: val for key, val in config.items() if key in target._EXTRAS}
+        est = target(device=str(dev), **args, **extras)
+        est.D = tensors["D"].to(dev)
+        if "W" in tensors:
+            est.W = tensors["W"].to(dev)
+        fit = header.get("fit", {})
+        est.n_iter_ = fit.get("n_iter")
+        est.converged_ = fit.get("converged")
+        est.reconstruction_error_ = fit.get("reconstruction_error")
+        est.loss_history_ = list(fit.get("loss_history") or [])
+        est.n_samples_fit_ = fit.get("n_samples_fit")
+        est.n_features_in_ = fit.get("n_features_in")
+        return est
+
+
+def _estimator_class(name: str) -> type[DictionaryEstimator]:
+    from .convex_nmf import ConvexNMF
+    from .semi_nmf import SemiNMF
+
+    classes = {c.__name__: c for c in (ConvexNMF, SemiNMF)}
+    if name not in classes:
+        raise CorruptFileError(
+            f"unknown estimator class {name!r} in file header; expected one of {sorted(classes)}."
+        )
+    return classes[name]

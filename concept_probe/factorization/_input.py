@@ -1,0 +1,133 @@
+"""Input conversion and validation for the factorization estimators.
+
+Estimators accept torch tensors, numpy arrays, or any iterable of batches (a ``DataLoader``,
+a list of arrays, a generator). Everything here is plain tensor bookkeeping: no maths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+
+
+def _batch_to_tensor(batch: object, name: str) -> torch.Tensor:
+    """Return the data tensor of one batch (a ``(x, y)`` pair contributes its first item)."""
+    if isinstance(batch, (tuple, list)) and batch and not np.isscalar(batch[0]):
+        # DataLoader(TensorDataset(x)) yields [x]; (x, y) datasets yield [x, y].
+        batch = batch[0]
+    if isinstance(batch, torch.Tensor):
+        return batch.detach()
+    if isinstance(batch, np.ndarray):
+        return torch.from_numpy(batch)
+    raise TypeError(
+        f"{name}: every batch of the iterable must be a torch.Tensor or numpy.ndarray "
+        f"(or a tuple whose first item is one); got {type(batch).__name__}."
+    )
+
+
+def as_2d_tensor(
+    x: object,
+    *,
+    name: str = "A",
+    dtype: torch.dtype | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Convert ``x`` to a 2-D floating tensor without copying when nothing needs to change.
+
+    Parameters
+    ----------
+    x : Tensor, ndarray or iterable of batches
+        The data. Iterables (``DataLoader``, lists, generators) are concatenated along rows.
+    name : str
+        Name used in error messages (``"A"`` or ``"Z"``).
+    dtype : torch.dtype or None
+        Target dtype. ``None`` keeps float64 input as float64 and turns anything else into
+        float32.
+    device : torch.device or None
+        Target device; ``None`` keeps the input's device.
+
+    Returns
+    -------
+    Tensor of shape (n_rows, n_columns)
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not one of the accepted types.
+    ValueError
+        If ``x`` is not 2-D or has no rows or columns.
+    """
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+    elif isinstance(x, np.ndarray):
+        if x.dtype == object or not np.issubdtype(x.dtype, np.number):
+            raise TypeError(f"{name} must hold numbers; got a numpy array of dtype {x.dtype}.")
+        t = torch.from_numpy(np.ascontiguousarray(x))
+    elif isinstance(x, (str, bytes, dict)) or not isinstance(x, Iterable):
+        raise TypeError(
+            f"{name} must be a torch.Tensor, a numpy.ndarray, or an iterable of batches such "
+            f"as a DataLoader; got {type(x).__name__}."
+        )
+    else:
+        batches = [_batch_to_tensor(b, name) for b in x]
+        if not batches:
+            raise ValueError(f"{name} is an empty iterable: it yielded no batches.")
+        bad = [tuple(b.shape) for b in batches if b.ndim != 2]
+        if bad:
+            raise ValueError(
+                f"{name}: every batch must be 2-D (batch_size, n_features); got a batch of shape "
+                f"{bad[0]}. Flatten spatial dimensions first, e.g. with "
+                f"einops.rearrange(x, 'b c h w -> (b h w) c')."
+            )
+        widths = {b.shape[1] for b in batches}
+        if len(widths) > 1:
+            raise ValueError(
+                f"{name}: batches have different numbers of columns {sorted(widths)}; every "
+                f"batch must have the same n_features."
+            )
+        t = torch.cat([b.to(batches[0].device) for b in batches], dim=0)
+    if t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{name} must be real-valued; got dtype {t.dtype}.")
+    if t.ndim != 2:
+        hint = ""
+        if t.ndim == 4:
+            hint = (
+                " Flatten spatial dimensions first, e.g. with "
+                "einops.rearrange(A, 'b c h w -> (b h w) c')."
+            )
+        elif t.ndim == 3:
+            hint = (
+                " Flatten token dimensions first, e.g. with "
+                "einops.rearrange(A, 'b t c -> (b t) c')."
+            )
+        elif t.ndim == 1:
+            hint = " For a single sample use A.reshape(1, -1); for one feature A.reshape(-1, 1)."
+        raise ValueError(
+            f"{name} must have 2 dimensions (n_samples, n_features); got shape "
+            f"{tuple(t.shape)}.{hint}"
+        )
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(
+            f"{name} is empty: shape {tuple(t.shape)}. It needs at least one row and one column."
+        )
+    if dtype is None:
+        dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
+    return t.to(device=device if device is not None else t.device, dtype=dtype)
+
+
+def check_finite(t: torch.Tensor, name: str = "A") -> None:
+    """Raise ``ValueError`` naming the count and first position of NaN/Inf entries."""
+    finite = torch.isfinite(t)
+    if bool(finite.all()):
+        return
+    bad = ~finite
+    n_nan = int(torch.isnan(t).sum())
+    n_inf = int(bad.sum()) - n_nan
+    first = tuple(int(i) for i in bad.nonzero()[0])
+    raise ValueError(
+        f"{name} contains {n_nan} NaN and {n_inf} infinite value(s) (first at index {first}). "
+        f"Remove or impute those rows before fitting, e.g. "
+        f"{name} = {name}[torch.isfinite({name}).all(dim=1)]."
+    )

@@ -1,0 +1,344 @@
+"""Convex non-negative matrix factorization (Ding, Li & Jordan 2008) as a torch module."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, ClassVar
+
+import torch
+
+from ._base import DictionaryEstimator
+from ._init import (
+    convex_start_from_codes,
+    kmeans,
+    random_w,
+    random_z,
+    rescale_to_data,
+)
+from ._kernels import GramFreeData
+from ._solvers import convex_nmf_solve
+
+__all__ = ["ConvexNMF"]
+
+_SOLVERS = ("mu", "pgd")
+_INITS = ("random", "kmeans", "semi_nmf")
+
+
+class ConvexNMF(DictionaryEstimator):
+    """Convex NMF: ``A ≈ Z D`` with ``D = W A``, ``Z >= 0`` and ``W >= 0``.
+
+    Each concept (row of ``D``) is a non-negative combination of real rows of ``A``, and
+    ``W[c]`` says which ones: the inputs that make up concept ``c``. The objective is
+    ``0.5 ||A - Z W A||_F^2`` (plus ``l1_penalty * sum(Z)``). No solver forms the n x n
+    Gram matrix ``A A^T``: every iteration costs O(n d k) time and O(n (d + k)) memory, so
+    a fit scales to millions of rows.
+
+    Parameters
+    ----------
+    nb_concepts : int
+        Number of concepts ``k`` (``1 <= k <= n_samples``).
+    device : str or torch.device, default='cpu'
+        Where the fit runs (``'cpu'``, ``'cuda'``, ``'cuda:1'``, ...); inputs are moved there.
+    tol : float, default=1e-4
+        Stop when the relative decrease of the objective between two iterations falls below
+        ``tol``; 0 runs exactly ``max_iter`` iterations. Also the default KKT tolerance of
+        :meth:`encode`.
+    strict_convex : bool, default=False
+        Make every row of ``W`` sum to one, so each concept is a weighted average of rows.
+        ``mu`` rescales the rows and moves the scale into ``Z`` (``Z W`` unchanged, the
+        objective stays monotone); ``pgd`` projects each row onto the simplex.
+    solver : {'pgd', 'mu'}, default='pgd'
+        ``'mu'``: Ding et al.'s multiplicative updates, monotone (the objective never
+        increases). ``'pgd'``: alternating projected gradient with step sizes from Lipschitz
+        constants (so independent of the scale of ``A``), Nesterov momentum with restart,
+        L1 as a soft threshold.
+    verbose : bool, default=False
+        Show a progress bar with the current objective.
+    l1_penalty : float, default=0.0
+        Weight of ``sum(Z)`` in the objective; larger values give sparser codes. It has the
+        units of ``A`` squared (fitting ``c * A`` needs ``c**2 * l1_penalty`` for the same
+        codes). Used by both solvers and by :meth:`encode`.
+    **kwargs
+        Documented extras only (anything else raises ``TypeError``):
+
+        init : {'kmeans', 'random', 'semi_nmf'}, default='kmeans'
+            Starting point: k-means clusters (Ding et al.'s recommendation), seeded uniform
+            draws, or Semi-NMF codes. Whatever the start, ``Z`` is then scaled so that the
+            starting relative error is at most one.
+        seed : int or None, default=None
+            Seed of the one ``torch.Generator`` every random draw comes from.
+        dtype : torch.dtype or str or None, default=None
+            ``torch.float32`` or ``torch.float64``; ``None`` keeps float64 input in float64
+            and uses float32 otherwise.
+        batch_size : int or None, default=None
+            Rows per block in every pass over ``A`` (memory for temporaries); ``None`` picks
+            about 16M elements per block on a CPU and 256M on a GPU.
+        momentum : bool, default=True
+            ``pgd`` only: Nesterov extrapolation, restarted whenever the objective rises.
+
+    Attributes
+    ----------
+    W : Tensor of shape (nb_concepts, n_samples)
+        Convex weights learned by ``fit`` (buffer).
+    D : Tensor of shape (nb_concepts, n_features)
+        Dictionary ``W A`` (buffer).
+    n_iter_ : int
+        Iterations run by the last ``fit``.
+    loss_history_ : list of float
+        Objective at the start and after every iteration (``n_iter_ + 1`` values).
+    converged_ : bool
+        Whether the stopping test fired before ``max_iter``.
+    reconstruction_error_ : float
+        ``||A - Z D||_F / ||A||_F`` after the fit, computed exactly.
+    mixed_sign_ : bool
+        Whether ``A`` had negative entries (the ``P, N`` split was used by ``mu``).
+    fit_time_ : float
+        Seconds spent in ``fit``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from concept_probe import ConvexNMF
+    >>> A = torch.rand(200, 16, generator=torch.Generator().manual_seed(0))
+    >>> nmf = ConvexNMF(nb_concepts=4, solver="mu", seed=0)
+    >>> Z, D = nmf.fit(A, max_iter=500)
+    >>> nmf.converged_, nmf.n_iter_ < 500
+    (True, True)
+    >>> Z.shape, D.shape, nmf.W.shape
+    (torch.Size([200, 4]), torch.Size([4, 16]), torch.Size([4, 200]))
+    >>> bool((Z >= 0).all() and (nmf.W >= 0).all())
+    True
+    >>> torch.allclose(D, nmf.W @ A, rtol=1e-4, atol=1e-5)
+    True
+    """
+
+    _EXTRAS: ClassVar[dict[str, Any]] = {
+        "init": "kmeans",
+        "seed": None,
+        "dtype": None,
+        "batch_size": None,
+        "momentum": True,
+    }
+    _CONFIG_KEYS: ClassVar[tuple[str, ...]] = (
+        "nb_concepts",
+        "tol",
+        "strict_convex",
+        "solver",
+        "verbose",
+        "l1_penalty",
+    )
+
+    def __init__(
+        self,
+        nb_concepts: int,
+        device: str | torch.device = "cpu",
+        tol: float = 1e-4,
+        strict_convex: bool = False,
+        solver: str = "pgd",
+        verbose: bool = False,
+        l1_penalty: float = 0.0,
+        **kwargs: Any,
+    ):
+        super().__init__(nb_concepts, device=device, tol=tol, verbose=verbose, **kwargs)
+        self.strict_convex = strict_convex
+        self.solver = solver
+        self.l1_penalty = l1_penalty
+        self.mixed_sign_: bool | None = None
+        self.fit_time_: float | None = None
+
+    # ----------------------------------------------------------------- checks
+    def _validate(self) -> tuple[torch.device, torch.dtype | None]:
+        device, dtype = self._validate_common()
+        if self.solver not in _SOLVERS:
+            raise ValueError(
+                f"unknown solver {self.solver!r}; use 'mu' (multiplicative updates) or "
+                f"'pgd' (projected gradient)."
+            )
+        l1 = self.l1_penalty
+        if (
+            isinstance(l1, bool)
+            or not isinstance(l1, (int, float))
+            or not math.isfinite(l1)
+            or l1 < 0
+        ):
+            raise ValueError(
+                f"l1_penalty must be a finite number >= 0 (0 means no sparsity penalty); got "
+                f"{l1!r}."
+            )
+        if self.init not in _INITS:
+            raise ValueError(
+                f"unknown init {self.init!r}; use one of {', '.join(map(repr, _INITS))}."
+            )
+        if not isinstance(self.strict_convex, bool):
+            raise TypeError(f"strict_convex must be True or False; got {self.strict_convex!r}.")
+        return device, dtype
+
+    def _data(self, A) -> GramFreeData:
+        device, dtype = self._validate()
+        A = self._prepare_fit_input(A, device, dtype)
+        return GramFreeData(A, self._block_rows(A.shape[1], A.device))
+
+    # ---------------------------------------------------------- initialisation
+    def init_random_z(self, A) -> torch.Tensor:
+        """Seeded uniform(0, 1) codes for ``A``.
+
+        ``fit`` scales whatever start it gets so that the starting relative error is at
+        most one; the raw draws are returned here.
+
+        Parameters
+        ----------
+        A : Tensor or ndarray of shape (n_samples, n_features)
+
+        Returns
+        -------
+        Z : Tensor of shape (n_samples, nb_concepts)
+        """
+        X = self._data(A)
+        return random_z(
+            X.n,
+            self.nb_concepts,
+            generator=self._generator(X.A.device),
+            dtype=X.A.dtype,
+            device=X.A.device,
+        )
+
+    def init_random_w(self, A) -> torch.Tensor:
+        """Seeded uniform(0, 1) convex weights for ``A``, each row normalised to sum to one.
+
+        Parameters
+        ----------
+        A : Tensor or ndarray of shape (n_samples, n_features)
+
+        Returns
+        -------
+        W : Tensor of shape (nb_concepts, n_samples)
+        """
+        X = self._data(A)
+        return random_w(
+            X.n,
+            self.nb_concepts,
+            generator=self._generator(X.A.device),
+            dtype=X.A.dtype,
+            device=X.A.device,
+        )
+
+    def init_kmeans(self, A) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ding et al.'s recommended start: k-means cluster indicators, smoothed.
+
+        ``Z0`` is the one-hot cluster membership plus 0.2 and ``W0[c]`` weights the rows of
+        cluster ``c`` (with a small floor on every row), so each concept starts near its
+        cluster's mean. See :func:`concept_probe.factorization._init.convex_start_from_codes`.
+
+        Returns
+        -------
+        Z : Tensor of shape (n_samples, nb_concepts)
+        W : Tensor of shape (nb_concepts, n_samples)
+        """
+        return self._init_kmeans(self._data(A))
+
+    def init_semi_nmf(self, A, max_snmf_iters: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+        """Start from a Semi-NMF fit, at O(n k) cost beyond the Semi-NMF itself.
+
+        Semi-NMF codes plus 0.2 give ``Z0``; ``W0``'s rows are the normalised columns of
+        those codes, so each concept starts as a weighted mean of the rows that use it. No
+        pseudo-inverse of an n x n matrix is formed.
+
+        Parameters
+        ----------
+        A : Tensor or ndarray of shape (n_samples, n_features)
+        max_snmf_iters : int, default=100
+            Iterations of the Semi-NMF fit.
+
+        Returns
+        -------
+        Z : Tensor of shape (n_samples, nb_concepts)
+        W : Tensor of shape (nb_concepts, n_samples)
+        """
+        max_snmf_iters = self._check_max_iter(max_snmf_iters, "max_snmf_iters")
+        return self._init_semi_nmf(self._data(A), max_snmf_iters)
+
+    def _init_kmeans(self, X: GramFreeData) -> tuple[torch.Tensor, torch.Tensor]:
+        labels, _ = kmeans(X, self.nb_concepts, generator=self._generator(X.A.device))
+        H = torch.zeros(X.n, self.nb_concepts, dtype=X.A.dtype, device=X.A.device)
+        H.scatter_(1, labels[:, None], 1.0)
+        return convex_start_from_codes(H)
+
+    def _init_semi_nmf(self, X: GramFreeData, max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from .semi_nmf import SemiNMF
+
+        snmf = SemiNMF(self.nb_concepts, device=X.A.device, tol=self.tol, init="kmeans")
+        snmf._gen = self._generator(X.A.device)
+        Z, _ = snmf._fit_data(X, max_iter, warn=False)
+        return convex_start_from_codes(Z)
+
+    # -------------------------------------------------------------------- fit
+    def fit(self, A, max_iter: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+        """Learn ``Z`` and ``W`` (hence ``D = W A``) from the activations ``A``.
+
+        Parameters
+        ----------
+        A : Tensor, ndarray, DataLoader or iterable of batches
+            Activations of shape (n_samples, n_features), finite, any sign. Iterables are
+            concatenated.
+        max_iter : int, default=500
+            Iterations at most (fewer if the ``tol`` test fires).
+
+        Returns
+        -------
+        Z : Tensor of shape (n_samples, nb_concepts)
+            Non-negative codes of the training rows.
+        D : Tensor of shape (nb_concepts, n_features)
+            The dictionary ``W A``; ``W`` itself is in ``self.W``.
+
+        Raises
+        ------
+        ValueError
+            For a bad argument or input (not 2-D, empty, NaN/Inf, ``nb_concepts`` larger
+            than ``n_samples``, unknown solver or init, negative ``l1_penalty``, unavailable
+            device).
+        """
+        t0 = time.perf_counter()
+        max_iter = self._check_max_iter(max_iter)
+        X = self._data(A)
+        self._gen = None  # one generator per fit, from the seed
+        gen = self._generator(X.A.device)
+        k = self.nb_concepts
+        kw = {"generator": gen, "dtype": X.A.dtype, "device": X.A.device}
+        if self.init == "random":
+            Z = random_z(X.n, k, **kw)
+            W = random_w(X.n, k, **kw)
+        elif self.init == "kmeans":
+            Z, W = self._init_kmeans(X)
+        else:
+            Z, W = self._init_semi_nmf(X, 100)
+        Wt = W.T.contiguous()
+        del W
+        m = rescale_to_data(X, Z, Wt)
+        res = convex_nmf_solve(
+            X,
+            Z,
+            Wt,
+            m,
+            solver=self.solver,
+            max_iter=max_iter,
+            tol=float(self.tol),
+            l1=float(self.l1_penalty),
+            strict_convex=self.strict_convex,
+            generator=gen,
+            verbose=bool(self.verbose),
+            momentum=bool(self.momentum),
+        )
+        self.W = res.Wt.T.contiguous()
+        del Wt
+        self.D = res.D
+        self.n_iter_ = res.n_iter
+        self.loss_history_ = res.losses
+        self.converged_ = res.converged
+        self.mixed_sign_ = X.mixed
+        self.n_samples_fit_, self.n_features_in_ = X.n, X.d
+        self.reconstruction_error_ = float(
+            torch.sqrt(X.residual_norm2(res.Z, res.D) / X.norm2.clamp(min=1e-300))
+        )
+        self.fit_time_ = time.perf_counter() - t0
+        return res.Z, res.D
