@@ -113,6 +113,7 @@ def convex_nmf_solve(
     momentum: bool = True,
     z_steps: int = 1,
     warn: bool = True,
+    callback=None,
 ) -> FitResult:
     """Fit convex NMF ``A ~ Z W A`` from a start ``(Z, W)`` with the chosen solver.
 
@@ -146,6 +147,9 @@ def convex_nmf_solve(
         ``pgd`` only: gradient steps on ``Z`` per iteration.
     warn : bool
         Emit :class:`ConvergenceWarning` when ``max_iter`` is reached with ``tol > 0``.
+    callback : callable, optional
+        ``callback(iteration, Z, Wt, moments)`` after every iteration; returning True stops
+        the loop (used by the benchmarks for equal-wall-time comparisons).
 
     Returns
     -------
@@ -167,6 +171,8 @@ def convex_nmf_solve(
                 m = mu_step(X, Z, Wt, m, B, Babs, eps=eps, l1=l1, strict_convex=strict_convex)
                 if stop.push(objective(X.norm2, m, l1)):
                     converged = True
+                    break
+                if callback is not None and callback(it, Z, Wt, m):
                     break
         elif solver == "pgd":
             a2 = X.top_singular_value2(generator)
@@ -208,6 +214,8 @@ def convex_nmf_solve(
                 prev_loss = loss
                 if stop.push(loss):
                     converged = True
+                    break
+                if callback is not None and callback(it, Z, Wt, m):
                     break
         else:  # pragma: no cover - validated by the estimator
             raise ValueError(f"unknown solver {solver!r}")
