@@ -6,6 +6,18 @@ does not import timm, transformers or matplotlib: the functions that need them d
 
 from __future__ import annotations
 
+from .concepts import (
+    ConceptPrototypes,
+    ConceptStats,
+    FactorMatch,
+    FactorTable,
+    TopSamples,
+    concept_prototypes,
+    concept_stats,
+    factor_table,
+    sample_scores,
+    top_samples,
+)
 from .errors import (
     ConceptProbeError,
     ConvergenceWarning,
@@ -14,16 +26,44 @@ from .errors import (
     NotFittedError,
 )
 from .factorization import ConvexNMF, SemiNMF
+from .visualization import (
+    highlight_tokens_html,
+    plot_concept_overview,
+    plot_factor_purity,
+    plot_loss_history,
+    plot_prototypes,
+    plot_token_highlights,
+    plot_top_samples,
+    write_report,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConceptProbeError",
+    "ConceptPrototypes",
+    "ConceptStats",
     "ConvergenceWarning",
     "ConvexNMF",
     "CorruptFileError",
+    "FactorMatch",
+    "FactorTable",
     "LayerNotFoundError",
     "NotFittedError",
     "SemiNMF",
+    "TopSamples",
     "__version__",
+    "concept_prototypes",
+    "concept_stats",
+    "factor_table",
+    "highlight_tokens_html",
+    "plot_concept_overview",
+    "plot_factor_purity",
+    "plot_loss_history",
+    "plot_prototypes",
+    "plot_token_highlights",
+    "plot_top_samples",
+    "sample_scores",
+    "top_samples",
+    "write_report",
 ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -354,7 +353,7 @@ class DictionaryEstimator(nn.Module):
         Path
             The path written.
         """
-        from safetensors.torch import save_file
+        from .._io import save_tensors_atomic
 
         self._check_fitted("save")
         path = Path(path)
@@ -362,10 +361,9 @@ class DictionaryEstimator(nn.Module):
             raise IsADirectoryError(
                 f"{path} is a folder; give a file path such as {path / 'concepts.safetensors'}."
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {"D": self.D.detach().cpu().contiguous()}
+        tensors = {"D": self.D}
         if include_W and self.W.numel():
-            tensors["W"] = self.W.detach().cpu().contiguous()
+            tensors["W"] = self.W
         header = {
             "format": _FORMAT,
             "format_version": _FORMAT_VERSION,
@@ -373,15 +371,7 @@ class DictionaryEstimator(nn.Module):
             "config": self._config(),
             "fit": self._fit_info(),
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"concept_probe": json.dumps(header)})
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        save_tensors_atomic(tensors, path, metadata={"concept_probe": json.dumps(header)})
         return path
 
     @classmethod
@@ -408,20 +398,12 @@ class DictionaryEstimator(nn.Module):
         CorruptFileError
             If the file is truncated, not a safetensors file, or not written by ``save``.
         """
-        from safetensors import SafetensorError, safe_open
+        from .._io import load_tensors
 
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"No saved estimator at {path} (no such file).")
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                meta = f.metadata() or {}
-                tensors = {key: f.get_tensor(key) for key in f.keys()}
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise CorruptFileError(
-                f"{path} is not a readable safetensors file ({exc}). It may be truncated or "
-                f"written by another program; save the estimator again with .save(path)."
-            ) from exc
+        tensors, meta = load_tensors(path)
         try:
             header = json.loads(meta["concept_probe"])
             ok = header.get("format") == _FORMAT and "D" in tensors

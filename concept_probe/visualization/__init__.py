@@ -1,0 +1,31 @@
+"""Drawing concepts: matplotlib figures, token highlighting and the HTML report.
+
+Nothing here recomputes maths: the numbers come from :mod:`concept_probe.concepts`.
+matplotlib is imported only when a figure is drawn.
+"""
+
+from .figures import (
+    overlay_heatmap,
+    plot_concept_overview,
+    plot_factor_purity,
+    plot_loss_history,
+    plot_prototypes,
+    plot_top_samples,
+    show_heatmap,
+)
+from .report import write_report
+from .tokens import highlight_tokens_html, plot_token_highlights, token_codes
+
+__all__ = [
+    "highlight_tokens_html",
+    "overlay_heatmap",
+    "plot_concept_overview",
+    "plot_factor_purity",
+    "plot_loss_history",
+    "plot_prototypes",
+    "plot_token_highlights",
+    "plot_top_samples",
+    "show_heatmap",
+    "token_codes",
+    "write_report",
+]

@@ -1,0 +1,387 @@
+"""The HTML report: one browsable folder per fit, with figures, tables and a JSON summary."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..concepts import concept_prototypes, concept_stats, factor_table, top_samples
+from ..concepts.ranking import _as_codes
+from ._common import short_id
+
+__all__ = ["write_report"]
+
+_CSS = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2rem auto;
+       max-width: 1200px; color: #222; padding: 0 1rem; }
+h1 { font-size: 1.5rem; } h2 { font-size: 1.2rem; border-top: 1px solid #ddd;
+       padding-top: 1rem; } h3 { font-size: 1rem; color: #444; }
+table { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0; }
+td, th { border: 1px solid #ddd; padding: 0.2rem 0.5rem; text-align: right; }
+th { background: #f4f4f4; } td.l, th.l { text-align: left; }
+img { max-width: 100%; } .meta { color: #666; font-size: 0.85rem; }
+nav a { margin-right: 0.6rem; font-size: 0.85rem; }
+.text { font-family: ui-monospace, monospace; font-size: 0.85rem; line-height: 1.8;
+        margin: 0.3rem 0; padding: 0.3rem; background: #fafafa; }
+.tok { border-radius: 2px; } .tag { background: #eef; padding: 0 0.3rem; border-radius: 3px; }
+"""
+
+
+def _fmt(x, digits: int = 3) -> str:
+    if x is None:
+        return ""
+    if isinstance(x, float):
+        return "nan" if math.isnan(x) else f"{x:.{digits}g}"
+    return html.escape(str(x))
+
+
+def _json_safe(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return _json_safe(obj.tolist())
+    return obj
+
+
+def _save_png(fig, path: Path) -> None:
+    fig.savefig(path, dpi=100)
+    fig.clear()
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists():
+        if not out.is_dir():
+            raise FileExistsError(f"{out} exists and is a file; choose a folder for the report.")
+        if any(out.iterdir()):
+            if not (out / "summary.json").is_file():
+                raise FileExistsError(
+                    f"{out} exists, is not empty and is not a concept_probe report; choose a new "
+                    f"folder (the report never overwrites other files)."
+                )
+            if not overwrite:
+                raise FileExistsError(f"{out} already holds a report; pass overwrite=True.")
+
+
+def _estimator_info(nmf) -> dict:
+    info = {"class": type(nmf).__name__}
+    for key in (
+        "nb_concepts",
+        "solver",
+        "l1_penalty",
+        "strict_convex",
+        "n_iter_",
+        "converged_",
+        "reconstruction_error_",
+        "fit_time_",
+    ):
+        if hasattr(nmf, key):
+            info[key.rstrip("_")] = getattr(nmf, key)
+    return info
+
+
+def write_report(
+    nmf,
+    acts,
+    Z=None,
+    out: str | os.PathLike = "report",
+    *,
+    k: int = 8,
+    reduce: str = "max",
+    title: str | None = None,
+    overwrite: bool = True,
+) -> Path:
+    """Write a browsable report of a fit: ``index.html``, the PNGs it shows, ``summary.json``.
+
+    One section per concept (largest share of the reconstruction first) with its statistics,
+    its top-activating samples by ``Z`` (heatmaps for spatial image activations, highlighted
+    tokens for text) and the inputs that make it up by ``W``. When the activations carry
+    ground-truth ``factors`` (the built-in demo), a concept-versus-factor table too. The page
+    uses no external assets, so it opens offline. The folder is assembled next to ``out``
+    and moved into place at the end: an interrupted call never leaves a half-written report.
+
+    Parameters
+    ----------
+    nmf : ConvexNMF
+        Fitted estimator (its ``W`` must have one column per row of ``acts``).
+    acts : Activations
+        The activations it was fitted on.
+    Z : Tensor of shape (n_rows, n_concepts), optional
+        Codes returned by ``fit``; computed with ``nmf.encode(acts.A)`` if omitted.
+    out : str or PathLike, default='report'
+        Destination folder. An existing report there is replaced; any other non-empty folder
+        is refused.
+    k : int, default=8
+        Samples and prototypes shown per concept.
+    reduce : {'max', 'mean'}, default='max'
+        Pooling of a sample's rows into its score.
+    title : str, optional
+        Page title (defaults to the model and layer).
+    overwrite : bool, default=True
+        Replace an existing report in ``out``.
+
+    Returns
+    -------
+    Path
+        The report folder; open ``index.html`` in a browser.
+    """
+    from .figures import (
+        plot_concept_overview,
+        plot_factor_purity,
+        plot_prototypes,
+        plot_top_samples,
+    )
+    from .tokens import highlight_tokens_html
+
+    if not getattr(nmf, "fitted", False):
+        raise ValueError("write_report needs a fitted estimator: call nmf.fit(acts.A) first.")
+    W = nmf.W.detach().cpu()
+    D = nmf.D.detach().cpu()
+    if W.numel() == 0 or W.shape[1] != acts.n_rows:
+        raise ValueError(
+            f"The estimator's W has {W.shape[1] if W.ndim == 2 else 0} columns but the "
+            f"activations have {acts.n_rows} rows: pass the activations the estimator was "
+            f"fitted on (and keep W when saving it)."
+        )
+    if Z is None:
+        Z = nmf.encode(acts.A)
+    Z = _as_codes(Z).cpu().float()
+    if Z.shape != (acts.n_rows, W.shape[0]):
+        raise ValueError(
+            f"Z must have shape ({acts.n_rows}, {W.shape[0]}) (rows x concepts); got "
+            f"{tuple(Z.shape)}."
+        )
+    out = Path(out)
+    _check_out(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        _build(
+            tmp,
+            nmf,
+            acts,
+            Z,
+            W,
+            D,
+            k,
+            reduce,
+            title,
+            plot_concept_overview,
+            plot_factor_purity,
+            plot_prototypes,
+            plot_top_samples,
+            highlight_tokens_html,
+        )
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / "report")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _build(
+    tmp,
+    nmf,
+    acts,
+    Z,
+    W,
+    D,
+    k,
+    reduce,
+    title,
+    plot_concept_overview,
+    plot_factor_purity,
+    plot_prototypes,
+    plot_top_samples,
+    highlight_tokens_html,
+):
+    n_concepts = W.shape[0]
+    stats = concept_stats(Z, D, acts)
+    ranked = top_samples(Z, acts, k=k, reduce=reduce)
+    order = sorted(
+        range(n_concepts), key=lambda c: -(stats[c].share if math.isfinite(stats[c].share) else 0)
+    )
+    meta = dict(getattr(acts, "meta", None) or {})
+    title = (
+        title
+        or "Concepts of "
+        + " / ".join(str(meta[key]) for key in ("model", "layer") if meta.get(key))
+        or "concept_probe report"
+    )
+
+    table = None
+    if getattr(acts, "factors", None):
+        table = factor_table(Z, acts.factors, getattr(acts, "factor_values", None))
+    tracks: dict[int, list] = {}
+    if table is not None:
+        for m in table.matches:
+            tracks.setdefault(m.concept, []).append(m)
+
+    _save_png(plot_concept_overview(stats), tmp / "overview.png")
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        "<p class='meta'>"
+        + " · ".join(
+            html.escape(f"{key}: {val}")
+            for key, val in [
+                ("rows", acts.n_rows),
+                ("samples", acts.n_samples),
+                ("features", acts.n_features),
+                ("kind", acts.kind),
+                ("concepts", n_concepts),
+                ("solver", getattr(nmf, "solver", "")),
+                ("iterations", getattr(nmf, "n_iter_", "")),
+                ("relative error", _fmt(getattr(nmf, "reconstruction_error_", None))),
+            ]
+        )
+        + "</p>",
+        "<nav>" + "".join(f"<a href='#concept-{c}'>concept {c}</a>" for c in order) + "</nav>",
+        "<h2>Overview</h2><img src='overview.png' alt='share and usage of every concept'>",
+    ]
+    if table is not None:
+        _save_png(plot_factor_purity(table), tmp / "factors.png")
+        rows = "".join(
+            f"<tr><td class='l'>{html.escape(m.factor)}</td><td class='l'>{html.escape(m.value)}"
+            f"</td><td><a href='#concept-{m.concept}'>{m.concept}</a></td><td>{m.purity:.3f}</td>"
+            f"<td>{m.chance:.3f}</td><td>{m.lift:.1f}x</td><td>{m.auc:.3f}</td></tr>"
+            for m in table.matches
+        )
+        parts += [
+            "<h2>Concepts versus known factors</h2>",
+            "<p class='meta'>For each factor value, the concept whose strongest rows carry it "
+            "most often. Purity: fraction of the concept's top-m rows with the value, m = rows "
+            "with the value (R-precision); chance: the value's share of the rows; AUC: the "
+            "concept's code as a detector of the value. "
+            f"{100 * table.fraction_above_chance(2.0):.0f}% of values have a concept with purity "
+            "above twice chance.</p>",
+            "<table><tr><th class='l'>factor</th><th class='l'>value</th><th>concept</th>"
+            f"<th>purity</th><th>chance</th><th>lift</th><th>AUC</th></tr>{rows}</table>",
+            "<img src='factors.png' alt='purity of every concept for every factor value'>",
+        ]
+
+    summary_concepts = []
+    for c in order:
+        s = stats[c]
+        proto = concept_prototypes(W, acts, concept=c, k=k)
+        tops = [
+            {
+                "sample": int(i),
+                "id": acts.sample_ids[int(i)] if acts.sample_ids else None,
+                "score": float(v),
+            }
+            for i, v in zip(ranked.indices[c], ranked.scores[c], strict=True)
+        ]
+        protos = [
+            {
+                "row": int(r),
+                "sample": int(sm),
+                "weight": float(w),
+                "share": float(sh),
+                "position": proto.position[j].tolist() if proto.position is not None else None,
+            }
+            for j, (r, sm, w, sh) in enumerate(
+                zip(proto.rows, proto.sample, proto.weights, proto.share, strict=True)
+            )
+        ]
+        entry = {"concept": c, "stats": s.to_dict(), "top_samples": tops, "prototypes": protos}
+        if c in tracks:
+            entry["tracks"] = [
+                {"factor": m.factor, "value": m.value, "purity": m.purity} for m in tracks[c]
+            ]
+        summary_concepts.append(entry)
+
+        parts.append(f"<h2 id='concept-{c}'>Concept {c}</h2>")
+        tag = "".join(
+            f" <span class='tag'>{html.escape(m.factor)} = {html.escape(m.value)} "
+            f"(purity {m.purity:.2f})</span>"
+            for m in tracks.get(c, [])
+        )
+        parts.append(
+            "<table><tr><th>share of reconstruction</th><th>samples using it</th>"
+            "<th>sparsity</th><th>mean code</th><th>max code</th></tr>"
+            f"<tr><td>{_fmt(s.share)}</td><td>{s.n_samples_using} "
+            f"({100 * s.frac_samples_using:.0f}%)</td><td>{_fmt(s.sparsity)}</td>"
+            f"<td>{_fmt(s.mean_code)}</td><td>{_fmt(s.max_code)}</td></tr></table>"
+            + (f"<p>Tracks:{tag}</p>" if tag else "")
+        )
+        if acts.kind == "text":
+            parts.append("<h3>Top-activating texts (by Z)</h3>")
+            for t in tops:
+                parts.append(
+                    f"<div class='text'>{highlight_tokens_html(Z, acts, t['sample'], c)}</div>"
+                )
+            parts.append(
+                "<h3>What makes it up (largest weights in W)</h3><table>"
+                "<tr><th>share</th><th class='l'>token in context</th></tr>"
+            )
+            for p in protos:
+                parts.append(
+                    f"<tr><td>{100 * p['share']:.1f}%</td><td class='l'>"
+                    f"{_token_context(acts, p['row'], p['sample'])}</td></tr>"
+                )
+            parts.append("</table>")
+        else:
+            _save_png(
+                plot_top_samples(Z, acts, c, k=k, reduce=reduce), tmp / f"concept_{c}_top.png"
+            )
+            _save_png(plot_prototypes(W, acts, c, k=k), tmp / f"concept_{c}_prototypes.png")
+            what = "with the concept's heatmap" if acts.kind == "spatial" else ""
+            parts += [
+                f"<h3>Top-activating samples (by Z) {what}</h3>",
+                f"<img src='concept_{c}_top.png' alt='top samples of concept {c}'>",
+                "<h3>What makes it up (largest weights in W; outlined: the contributing "
+                "position)</h3>",
+                f"<img src='concept_{c}_prototypes.png' alt='rows that make up concept {c}'>",
+            ]
+    parts.append("</body></html>")
+    (tmp / "index.html").write_text("\n".join(parts), encoding="utf-8")
+
+    summary = {
+        "title": title,
+        "activations": {
+            "kind": acts.kind,
+            "n_rows": acts.n_rows,
+            "n_samples": acts.n_samples,
+            "n_features": acts.n_features,
+            "grid": list(acts.grid) if acts.grid else None,
+            "meta": meta,
+        },
+        "estimator": _estimator_info(nmf),
+        "concepts": summary_concepts,
+        "factor_table": table.to_rows() if table is not None else None,
+    }
+    (tmp / "summary.json").write_text(
+        json.dumps(_json_safe(summary), indent=2, allow_nan=False), encoding="utf-8"
+    )
+
+
+def _token_context(acts, row: int, sample: int, context: int = 6) -> str:
+    rows = acts.rows_of(sample)
+    where = int((rows == row).nonzero()[0, 0])
+    lo, hi = max(0, where - context), min(rows.numel(), where + context + 1)
+    words = []
+    for r in rows[lo:hi].tolist():
+        tok = html.escape(acts.tokens[r])
+        words.append(f"<b class='tag'>{tok}</b>" if r == row else tok)
+    text = " ".join(words)
+    if acts.sample_ids:
+        text += f" <span class='meta'>({html.escape(short_id(acts.sample_ids[sample]))})</span>"
+    return text

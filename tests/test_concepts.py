@@ -1,0 +1,114 @@
+"""Ranking by Z and W, per-concept stats and the concept-versus-factor table."""
+
+import numpy as np
+import pytest
+import torch
+
+import concept_probe as cp
+
+
+@pytest.fixture
+def Z():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(50, 4, generator=g) * (torch.rand(50, 4, generator=g) > 0.5)
+
+
+def test_top_samples_matches_argsort(Z):
+    idx, scores = cp.top_samples(Z, concept=2, k=5)
+    ref = np.argsort(-Z[:, 2].numpy(), kind="stable")[:5]
+    assert idx.tolist() == ref.tolist()
+    assert torch.equal(scores, Z[idx, 2])
+    allc = cp.top_samples(Z, k=5)
+    assert allc.indices.shape == (4, 5)
+    assert torch.equal(allc.indices[2], idx)
+
+
+def test_top_samples_k_larger_than_samples_is_clipped(Z):
+    idx, _ = cp.top_samples(Z[:3], concept=0, k=10)
+    assert idx.numel() == 3
+
+
+def test_top_samples_accepts_numpy(Z):
+    idx, _ = cp.top_samples(Z.numpy(), concept=1, k=3)
+    assert idx.tolist() == cp.top_samples(Z, concept=1, k=3).indices.tolist()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"concept": 4}, r"concept must be an integer in \[0, 3\]"),
+        ({"concept": -1}, "concept must be"),
+        ({"k": 0}, "k must be a positive integer"),
+        ({"reduce": "sum"}, "reduce must be 'max' or 'mean'"),
+    ],
+)
+def test_top_samples_bad_arguments(Z, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        cp.top_samples(Z, **kwargs)
+
+
+def test_top_samples_rejects_3d():
+    with pytest.raises(ValueError, match="2-D"):
+        cp.top_samples(torch.zeros(2, 3, 4))
+
+
+def test_concept_prototypes_sorted_by_weight():
+    W = torch.tensor([[0.0, 0.5, 0.2, 0.3], [1.0, 0.0, 0.0, 0.0]])
+    p = cp.concept_prototypes(W, concept=0, k=3)
+    assert p.rows.tolist() == [1, 3, 2]
+    assert torch.allclose(p.share, torch.tensor([0.5, 0.3, 0.2]))
+    assert p.sample is None
+
+
+def test_concept_stats_share_and_usage():
+    Z = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    D = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    stats = cp.concept_stats(Z, D)
+    # energy: ||Z_c||^2 ||D_c||^2 = 5 * 1 and 1 * 4
+    assert stats[0].share == pytest.approx(5 / 9)
+    assert stats[1].share == pytest.approx(4 / 9)
+    assert stats[0].n_samples_using == 2 and stats[1].n_samples_using == 1
+    assert stats[0].sparsity == pytest.approx(0.5)
+    assert stats[1].max_code == 1.0
+    assert np.isnan(cp.concept_stats(Z)[0].share)
+    with pytest.raises(ValueError, match="D has 3 concepts but Z has 2"):
+        cp.concept_stats(Z, torch.ones(3, 2))
+
+
+def _auc_reference(score, pos):
+    # Probability that a random positive outranks a random negative, ties count half.
+    p, n = score[pos], score[~pos]
+    return ((p[:, None] > n[None]).sum() + 0.5 * (p[:, None] == n[None]).sum()) / (p.size * n.size)
+
+
+def test_factor_table_purity_and_auc_against_brute_force():
+    g = np.random.default_rng(0)
+    n = 120
+    lab = g.integers(-1, 3, size=n)
+    Z = g.random((n, 5)).round(1)  # ties on purpose
+    Z[:, 3] += 2.0 * (lab == 1)  # concept 3 tracks value 1
+    table = cp.factor_table(
+        torch.tensor(Z), {"colour": torch.tensor(lab)}, {"colour": ["red", "green", "blue"]}
+    )
+    by_value = {m.value: m for m in table.matches}
+    assert by_value["green"].concept == 3
+    assert by_value["green"].purity == 1.0
+    for v, name in enumerate(["red", "green", "blue"]):
+        pos = lab == v
+        m = int(pos.sum())
+        order = np.argsort(-Z, axis=0, kind="stable")[:m]
+        purity = pos[order].mean(axis=0)
+        assert table.purity["colour"][:, v].numpy() == pytest.approx(purity)
+        best = by_value[name]
+        assert best.chance == pytest.approx(m / n)
+        assert best.auc == pytest.approx(_auc_reference(Z[:, best.concept], pos))
+    assert table.fraction_above_chance(2.0) >= 1 / 3
+    assert "green" in str(table)
+    assert {"factor", "value", "concept", "purity", "chance", "auc", "lift"} <= set(
+        table.to_rows()[0]
+    )
+
+
+def test_factor_table_label_shape_error():
+    with pytest.raises(ValueError, match=r"labels\['shape'\] must have shape \(4,\)"):
+        cp.factor_table(torch.rand(4, 2), {"shape": torch.zeros(3)})
