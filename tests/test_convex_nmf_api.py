@@ -322,3 +322,29 @@ def test_cuda_fit_matches_cpu(cuda_device, solver):
     moved = gpu.to("cpu")
     assert moved.D.device.type == "cpu" and moved.device == "cpu"
     torch.testing.assert_close(moved.encode(A), Ze.cpu(), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("solver", "mixed"), [("mu", False), ("mu", True), ("pgd", True)])
+def test_cuda_iteration_loop_never_synchronises(cuda_device, solver, mixed):
+    """With tol=0 and no progress bar, the loop reads nothing back to the host."""
+    from concept_probe.factorization._init import random_w, random_z, rescale_to_data
+    from concept_probe.factorization._kernels import GramFreeData
+    from concept_probe.factorization._solvers import convex_nmf_solve
+
+    A = data(n=4000, d=64, mixed=mixed).float().to(cuda_device)
+    X = GramFreeData(A, 1000)
+    g = torch.Generator(device=cuda_device).manual_seed(0)
+    kw = {"generator": g, "dtype": A.dtype, "device": A.device}
+    Z, Wt = random_z(X.n, 6, **kw), random_w(X.n, 6, **kw).T.contiguous()
+    m = rescale_to_data(X, Z, Wt)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        res = convex_nmf_solve(
+            X, Z, Wt, m, solver=solver, max_iter=20, tol=0.0, generator=g, warn=False
+        )
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert res.n_iter == 20 and len(res.losses) == 21
+    assert res.losses[-1] < res.losses[0]
