@@ -1,0 +1,425 @@
+"""The extraction loop shared by the vision and text front ends.
+
+A front end supplies batches (model inputs plus per-sample data) and a function that turns a
+layer's output into rows; this module runs the forward passes under one
+:func:`~concept_probe.extraction.hooks.capture_layers` block, collects the rows in memory or
+streams them to disk in resumable shards, and builds the :class:`Activations`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import _storage
+from .activations import Activations
+from .hooks import capture_layers
+
+# Rows are buffered up to about this many bytes before a shard is written to disk (when
+# streaming with out=); the same batches close a shard for every layer.
+SHARD_BYTES = 64 * 2**20
+
+
+@dataclass
+class Batch:
+    """One batch of inputs and the per-sample data that goes with it."""
+
+    start: int  # global index of the first sample
+    inputs: Any  # Tensor or dict of tensors, on the device
+    ids: list[str]
+    labels: np.ndarray | None = None  # int64 (b,), -1 = none
+    images: np.ndarray | None = None  # uint8 (b, H, W, 3)
+    texts: list[str] | None = None
+    extra: dict = field(default_factory=dict)  # front-end specific (token ids, offsets, ...)
+
+    @property
+    def size(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class Rows:
+    """Rows of one layer from one batch (CPU numpy arrays)."""
+
+    A: np.ndarray  # float32 (r, C)
+    sample: np.ndarray  # int64 (r,)
+    position: np.ndarray | None = None
+    char_spans: np.ndarray | None = None
+    tokens: list[str] | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return self.A.nbytes + self.sample.nbytes
+
+
+def tensor_fingerprint(x: torch.Tensor) -> str:
+    """A cheap content hash of a tensor: shape, dtype and up to 65,536 evenly spaced values."""
+    flat = x.detach().reshape(-1)
+    step = max(1, flat.numel() // 65536)
+    h = hashlib.sha256(f"{tuple(x.shape)}{x.dtype}".encode())
+    h.update(flat[::step].cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """Class, parameter names/shapes and a strided sample of every weight and buffer."""
+    h = hashlib.sha256(type(model).__qualname__.encode())
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        h.update(name.encode())
+        h.update(tensor_fingerprint(t.float() if t.is_floating_point() else t).encode())
+    return h.hexdigest()[:16]
+
+
+def strings_fingerprint(items: list[str]) -> str:
+    return hashlib.sha256("\n".join(items).encode("utf-8")).hexdigest()[:16]
+
+
+def safe_dirname(layer: str) -> str:
+    """Folder name for one layer's output when several layers stream under one ``out``."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", layer) or "_"
+
+
+def model_name(model: nn.Module) -> str:
+    """A short human name of the model for metadata."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("architecture"):
+        return str(cfg["architecture"])
+    config = getattr(model, "config", None)
+    name = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)
+    if name:
+        return str(name)
+    return type(model).__name__
+
+
+class _ModelOnDevice:
+    """Move a model to ``device`` for a block and back to where it was."""
+
+    def __init__(self, model: nn.Module, device: torch.device):
+        self.model, self.device = model, device
+        p = next(model.parameters(), None)
+        self.home = p.device if p is not None else device
+
+    def __enter__(self):
+        if self.home != self.device:
+            self.model.to(self.device)
+        return self.model
+
+    def __exit__(self, *exc):
+        if self.home != self.device:
+            self.model.to(self.home)
+
+
+# ---------------------------------------------------------------------------- sinks
+class _MemorySink:
+    """Collects rows and per-sample data in memory.
+
+    A is written into one preallocated tensor when the number of rows is known after the first
+    batch (vision), so the peak is A itself rather than A plus a concatenated copy.
+    """
+
+    def __init__(self):
+        self.buf: torch.Tensor | None = None
+        self.at = 0
+        self.chunks: list[np.ndarray] = []
+        self.rows: list[Rows] = []
+        self.samples: list[Batch] = []
+
+    def reserve(self, n_rows: int | None, n_features: int) -> None:
+        if n_rows is not None:
+            self.buf = torch.empty(n_rows, n_features, dtype=torch.float32)
+
+    def add(self, batch: Batch, rows: Rows) -> None:
+        r = rows.A.shape[0]
+        if self.buf is not None and self.at + r <= self.buf.shape[0]:
+            self.buf[self.at : self.at + r] = torch.from_numpy(rows.A)
+            self.at += r
+        else:  # no reservation, or more rows than reserved: keep chunks
+            if self.buf is not None:
+                self.chunks.append(self.buf[: self.at].numpy())
+                self.buf = None
+            self.chunks.append(rows.A)
+        self.rows.append(Rows(rows.A[:0], rows.sample, rows.position, rows.char_spans, rows.tokens))
+        self.samples.append(batch)
+
+    def parts(self) -> tuple[torch.Tensor, dict[str, np.ndarray], list[str] | None]:
+        if self.buf is not None:
+            A = self.buf if self.at == self.buf.shape[0] else self.buf[: self.at].clone()
+        elif len(self.chunks) == 1:
+            A = torch.from_numpy(self.chunks[0])
+        else:
+            A = torch.from_numpy(np.concatenate(self.chunks))
+        self.buf, self.chunks = None, []
+        rows = self.rows
+        arrays = {"sample": np.concatenate([r.sample for r in rows])}
+        if rows[0].position is not None:
+            arrays["position"] = np.concatenate([r.position for r in rows])
+        if rows[0].char_spans is not None:
+            arrays["char_spans"] = np.concatenate([r.char_spans for r in rows])
+        tokens = [t for r in rows for t in r.tokens] if rows[0].tokens is not None else None
+        return A, arrays, tokens
+
+
+def _per_sample(batches: list[Batch]) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+    arrays: dict[str, np.ndarray] = {}
+    if batches and all(b.labels is not None for b in batches):
+        arrays["labels"] = np.concatenate([b.labels for b in batches])
+    if batches and all(b.images is not None for b in batches):
+        arrays["images"] = np.concatenate([b.images for b in batches])
+    strings: dict[str, list[str]] = {"sample_ids": [i for b in batches for i in b.ids]}
+    if batches and batches[0].texts is not None:
+        strings["texts"] = [t for b in batches for t in b.texts]
+    return arrays, strings
+
+
+# ---------------------------------------------------------------------------- the loop
+@dataclass
+class Plan:
+    """What a front end hands the engine."""
+
+    model: nn.Module
+    layers: list[str]
+    kind: str
+    device: torch.device
+    n_samples: int | None
+    batches: Callable[[int], Iterator[Batch]]  # start sample -> batches from there
+    to_rows: Callable[[str, torch.Tensor, Batch], Rows]
+    layer_info: Callable[[str], dict]  # after the first batch: grid, n_features, meta extras
+    expected_rows: Callable[[str], int | None]  # after the first batch, for preallocation
+    meta: dict  # shared metadata (model, mode, transform, ...)
+    fingerprint: dict  # everything that determines the rows, except the layer
+    label_names: list[str] | None = None
+    progress: bool = True
+    unit: str = "img"
+    stop_early: bool = True
+
+
+def run(plan: Plan, out: str | Path | None, single: bool) -> Activations | dict[str, Activations]:
+    """Run the extraction described by ``plan``; stream to ``out`` when it is given."""
+    if out is None:
+        result = _run_memory(plan)
+    else:
+        result = _run_disk(plan, Path(out), single)
+    return result[plan.layers[0]] if single else result
+
+
+def _progress(plan: Plan, initial: int):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=plan.n_samples,
+        initial=initial,
+        unit=plan.unit,
+        desc=f"extract {', '.join(plan.layers)}"[:60],
+        disable=not plan.progress,
+        leave=False,
+    )
+
+
+def _forward_batches(plan: Plan, layers: list[str], start: int):
+    """Yield ``(batch, {layer: Rows})`` for every batch from sample ``start`` on."""
+    with _ModelOnDevice(plan.model, plan.device), capture_layers(plan.model, layers) as cap:
+        first = True
+        for batch in plan.batches(start):
+            # The first batch runs the whole model to catch modules called more than once per
+            # forward (ambiguous outputs); later batches stop after the last captured layer.
+            outs = cap.run(batch.inputs, stop_early=plan.stop_early and not first)
+            if first:
+                reused = {n: c for n, c in cap.calls.items() if c > 1}
+                if reused:
+                    name, count = next(iter(reused.items()))
+                    raise ValueError(
+                        f"layer {name!r} ran {count} times in one forward pass (the module is "
+                        f"reused, e.g. one ReLU shared by several convolutions), so 'its output' "
+                        f"is ambiguous. Choose a module that runs once, e.g. its parent block or "
+                        f"the layer before it (see list_layers(model, sample_input), which shows "
+                        f"the number of calls)."
+                    )
+                first = False
+            yield batch, {name: plan.to_rows(name, outs[name], batch) for name in layers}
+
+
+def _meta(plan: Plan, layer: str) -> dict:
+    info = plan.layer_info(layer)
+    meta = dict(plan.meta, layer=layer)
+    meta.update(info.get("meta", {}))
+    return meta
+
+
+def _run_memory(plan: Plan) -> dict[str, Activations]:
+    sinks = {name: _MemorySink() for name in plan.layers}
+    bar = _progress(plan, 0)
+    first = True
+    try:
+        for batch, rows in _forward_batches(plan, plan.layers, 0):
+            for name, r in rows.items():
+                if first:
+                    sinks[name].reserve(plan.expected_rows(name), r.A.shape[1])
+                sinks[name].add(batch, r)
+            first = False
+            bar.update(batch.size)
+    finally:
+        bar.close()
+    if first:
+        raise ValueError("the input yielded no samples; nothing to extract.")
+    out = {}
+    for name, sink in sinks.items():
+        A, arrays, tokens = sink.parts()
+        per_sample, strings = _per_sample(sink.samples)
+        info = plan.layer_info(name)
+        out[name] = _build(
+            plan, name, A, {**arrays, **per_sample}, {**strings, "tokens": tokens}, info
+        )
+    return out
+
+
+def _build(plan: Plan, layer: str, A, arrays: dict, strings: dict, info: dict) -> Activations:
+    labels = arrays.get("labels")
+    if labels is not None and plan.label_names is None and not (labels >= 0).any():
+        labels = None
+    return Activations(
+        A,
+        arrays["sample"],
+        arrays.get("position"),
+        kind=plan.kind,
+        grid=info.get("grid"),
+        sample_ids=strings["sample_ids"],
+        labels=labels,
+        label_names=plan.label_names,
+        images=arrays.get("images"),
+        tokens=strings.get("tokens"),
+        char_spans=arrays.get("char_spans"),
+        texts=strings.get("texts"),
+        meta=_meta(plan, layer),
+    )
+
+
+def _run_disk(plan: Plan, out: Path, single: bool) -> dict[str, Activations]:
+    paths = {name: out if single else out / safe_dirname(name) for name in plan.layers}
+    stores = {
+        name: _storage.ShardStore(paths[name], dict(plan.fingerprint, layer=name), plan.n_samples)
+        for name in plan.layers
+    }
+    status = {name: s.status() for name, s in stores.items()}
+    todo = [n for n in plan.layers if status[n] != "complete"]
+    if todo:
+        start = _align(stores, todo)
+        for n in todo:
+            stores[n].start()
+        bar = _progress(plan, start)
+        buffers: dict[str, list[tuple[Batch, Rows]]] = {n: [] for n in todo}
+        buffered = 0
+        try:
+            for batch, rows in _forward_batches(plan, todo, start):
+                for name, r in rows.items():
+                    buffers[name].append((batch, r))
+                    buffered += r.nbytes + (batch.images.nbytes if batch.images is not None else 0)
+                bar.update(batch.size)
+                if buffered >= SHARD_BYTES:
+                    _flush(plan, stores, buffers)
+                    buffered = 0
+        except BaseException:
+            # Interrupted (Ctrl-C, a bad input file, out of memory...): keep every batch that
+            # was completed, so that a re-run resumes after it.
+            try:
+                _flush(plan, stores, buffers)
+            except Exception:  # the original error matters more than a failed flush
+                pass
+            raise
+        finally:
+            bar.close()
+        _flush(plan, stores, buffers)
+        for name in todo:
+            store = stores[name]
+            if not store.shards:
+                raise ValueError("the input yielded no samples; nothing to extract.")
+            if plan.n_samples is not None and store.n_samples_done != plan.n_samples:
+                raise ValueError(
+                    f"the input yielded {store.n_samples_done} samples but {plan.n_samples} were "
+                    f"expected (it changed while extracting?); delete {store.path} and extract "
+                    f"again."
+                )
+            _finalize(plan, name, store)
+    return {name: Activations.load(paths[name], mmap=True) for name in plan.layers}
+
+
+def _align(stores: dict[str, _storage.ShardStore], todo: list[str]) -> int:
+    """Cut every partial store back to a common sample boundary; return it."""
+    while True:
+        start = min(stores[n].n_samples_done for n in todo)
+        for n in todo:
+            stores[n].shards = [s for s in stores[n].shards if s["samples"][1] <= start]
+        if all(stores[n].n_samples_done == start for n in todo):
+            return start
+
+
+def _flush(plan: Plan, stores: dict, buffers: dict) -> None:
+    for name, items in buffers.items():
+        if not items:
+            continue
+        batches = [b for b, _ in items]
+        rows = [r for _, r in items]
+        arrays = {
+            "A": np.concatenate([r.A for r in rows]),
+            "sample": np.concatenate([r.sample for r in rows]),
+        }
+        if rows[0].position is not None:
+            arrays["position"] = np.concatenate([r.position for r in rows])
+        if rows[0].char_spans is not None:
+            arrays["char_spans"] = np.concatenate([r.char_spans for r in rows])
+        per_sample, strings = _per_sample(batches)
+        arrays.update(per_sample)
+        if rows[0].tokens is not None:
+            strings["tokens"] = [t for r in rows for t in r.tokens]
+        info = plan.layer_info(name)
+        extra = {"grid": info.get("grid"), "meta": _meta(plan, name)}
+        span = (batches[0].start, batches[-1].start + batches[-1].size)
+        stores[name].write_shard(span, arrays, strings, extra)
+        items.clear()
+
+
+def _finalize(plan: Plan, name: str, store: _storage.ShardStore) -> None:
+    strings: dict[str, list | None] = {"sample_ids": [], "texts": None, "tokens": None}
+    has_labels = False
+    for shard in store.shards:
+        s = store.read_shard_strings(shard)
+        strings["sample_ids"].extend(s["sample_ids"])
+        for key in ("texts", "tokens"):
+            if s.get(key) is not None:
+                strings[key] = (strings[key] or []) + s[key]
+        lab = store._shard_array(shard, "labels")
+        has_labels |= lab is not None and bool((lab >= 0).any())
+    extra = store.extra
+    n_rows = sum(sh["files"]["A"]["shape"][0] for sh in store.shards)
+    n_features = store.shards[0]["files"]["A"]["shape"][1]
+    header = {
+        "kind": plan.kind,
+        "n_rows": n_rows,
+        "n_features": n_features,
+        "n_samples": len(strings["sample_ids"]),
+        "grid": extra.get("grid"),
+        "meta": extra.get("meta", {}),
+    }
+    drop = set() if (has_labels or plan.label_names is not None) else {"labels"}
+    strings_out = {
+        "sample_ids": strings["sample_ids"],
+        "label_names": plan.label_names,
+        "tokens": strings["tokens"],
+        "texts": strings["texts"],
+        "factor_values": None,
+        "factor_names": None,
+    }
+    store.finalize(strings_out, header, skip=drop)
+
+
+def json_safe(obj: Any) -> Any:
+    """Round-trip through JSON (tuples become lists) so fingerprints compare equal on resume."""
+    return json.loads(json.dumps(obj))

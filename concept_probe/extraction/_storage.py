@@ -1,0 +1,518 @@
+"""On-disk format of :class:`~concept_probe.extraction.Activations`: atomic, resumable, no pickle.
+
+An Activations directory holds one ``.npy`` file per array, one JSON file of strings
+(sample ids, tokens, texts, ...) and ``manifest.json``, which is written last and atomically
+(temporary file, then :func:`os.replace`). The manifest records the byte size of every file and
+a SHA-256 of every file but the two big ones (``A`` and ``images``, checked by size and by their
+``.npy`` header), so a truncated or half-written directory never loads as valid.
+
+While an extraction streams to disk the directory holds numbered shards instead
+(``A-00000.npy``, ``sample-00000.npy``, ...) and ``progress.json``, rewritten atomically after
+every shard. A directory with ``progress.json`` and no manifest is a partial extraction: loading it
+fails with a message that says to resume; running the extraction again with the same ``out=``
+keeps the finished shards and computes only the rest. When every shard is written they are
+consolidated (copied block by block into one memory-mappable ``A.npy``) and the manifest is
+written.
+
+Layout::
+
+    path/
+      manifest.json      format, version, kind, sizes, files (+ sizes / checksums), meta
+      A.npy              float32 (n_rows, n_features)
+      sample.npy         int64 (n_rows,)
+      position.npy       int64 (n_rows, 2) or (n_rows,)        [spatial / text]
+      char_spans.npy     int64 (n_rows, 2)                      [text]
+      labels.npy         int64 (n_samples,)                     [optional]
+      images.npy         uint8 (n_samples, H, W, 3)             [optional]
+      factor.<name>.npy  int64 (n_rows,)                        [optional]
+      strings.json       sample_ids, label_names, tokens, texts, factor_values
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CorruptFileError
+
+FORMAT = "concept_probe.activations"
+VERSION = 1
+MANIFEST = "manifest.json"
+PROGRESS = "progress.json"
+STRINGS = "strings.json"
+# Files above this size are checked by byte size and .npy header only (hashing them would read
+# the whole file at every load and defeat memory mapping).
+_HASH_LIMIT = 64 * 2**20
+_UNHASHED = ("A", "images")
+_CHUNK_ROWS_BYTES = 64 * 2**20
+
+__all__ = [
+    "FORMAT",
+    "MANIFEST",
+    "PROGRESS",
+    "VERSION",
+    "ShardStore",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "read_directory",
+    "write_directory",
+]
+
+
+# ----------------------------------------------------------------------- atomic primitives
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success move it onto ``path`` atomically."""
+    tmp = _tmp_name(path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and :func:`os.replace`."""
+    with _atomic_path(Path(path)) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as UTF-8 JSON to ``path`` atomically."""
+    atomic_write_bytes(path, json.dumps(obj, ensure_ascii=False, indent=1).encode("utf-8"))
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _save_npy(path: Path, arr: np.ndarray, name: str) -> dict:
+    """Save one array atomically; return its manifest entry."""
+    arr = np.ascontiguousarray(arr)
+    with _atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, arr, allow_pickle=False)
+    return _entry(path, name, arr.shape, arr.dtype)
+
+
+def _entry(path: Path, name: str, shape, dtype) -> dict:
+    size = path.stat().st_size
+    entry = {
+        "file": path.name,
+        "shape": [int(s) for s in shape],
+        "dtype": np.dtype(dtype).str,
+        "nbytes": size,
+    }
+    if name not in _UNHASHED and size <= _HASH_LIMIT:
+        entry["sha256"] = _sha256_file(path)
+    return entry
+
+
+def _save_strings(path: Path, strings: dict) -> dict:
+    data = json.dumps(strings, ensure_ascii=False).encode("utf-8")
+    atomic_write_bytes(path, data)
+    return {"file": path.name, "nbytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+# ---------------------------------------------------------------------- checked reading
+def _incomplete(path: Path, detail: str) -> CorruptFileError:
+    return CorruptFileError(
+        f"{path} was not completely written ({detail}); re-run the extraction with the same "
+        f"arguments and the same out= to resume it (finished parts are kept and not "
+        f"recomputed), or delete the folder and extract again."
+    )
+
+
+def _check_file(root: Path, entry: dict, what: str) -> Path:
+    file = root / entry["file"]
+    if not file.is_file():
+        raise CorruptFileError(
+            f"{root} is incomplete: {what} file {entry['file']!r} listed in its manifest is "
+            f"missing. The folder was modified after it was written; extract or save again."
+        )
+    size = file.stat().st_size
+    if size != entry["nbytes"]:
+        raise CorruptFileError(
+            f"{root} is corrupt: {what} file {entry['file']!r} has {size} bytes but the manifest "
+            f"recorded {entry['nbytes']} (truncated or overwritten). Extract or save again."
+        )
+    if "sha256" in entry and _sha256_file(file) != entry["sha256"]:
+        raise CorruptFileError(
+            f"{root} is corrupt: {what} file {entry['file']!r} does not match the checksum in "
+            f"its manifest. Extract or save again."
+        )
+    return file
+
+
+def _load_npy(root: Path, entry: dict, name: str, mmap: bool) -> np.ndarray:
+    file = _check_file(root, entry, f"array {name!r}")
+    try:
+        # 'c' (copy-on-write) gives a writable view of the file, so torch.from_numpy works
+        # without copying and without a read-only warning; writes never reach the file.
+        arr = np.load(file, mmap_mode="c" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise CorruptFileError(
+            f"{root} is corrupt: {entry['file']!r} is not a readable .npy array ({exc})."
+        ) from exc
+    if list(arr.shape) != entry["shape"] or arr.dtype.str != entry["dtype"]:
+        raise CorruptFileError(
+            f"{root} is corrupt: {entry['file']!r} holds {arr.dtype} {tuple(arr.shape)} but the "
+            f"manifest recorded {np.dtype(entry['dtype'])} {tuple(entry['shape'])}."
+        )
+    return arr
+
+
+def _load_strings(root: Path, entry: dict) -> dict:
+    file = _check_file(root, entry, "strings")
+    try:
+        return json.loads(file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:  # pragma: no cover - sha256 first
+        raise CorruptFileError(f"{root} is corrupt: {entry['file']!r} is not JSON.") from exc
+
+
+def _read_json(file: Path, root: Path) -> dict:
+    try:
+        obj = json.loads(file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptFileError(
+            f"{root} is corrupt: {file.name} is not valid JSON ({exc}). It was damaged after it "
+            f"was written (it is only ever replaced atomically); extract or save again."
+        ) from exc
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CorruptFileError(
+            f"{root} is not a concept_probe Activations folder: {file.name} does not declare "
+            f"format {FORMAT!r}."
+        )
+    if obj.get("version", 0) > VERSION:
+        raise CorruptFileError(
+            f"{root} was written by a newer concept_probe (format version {obj.get('version')}, "
+            f"this one reads up to {VERSION}); upgrade concept_probe to load it."
+        )
+    return obj
+
+
+def read_manifest(root: Path) -> dict:
+    """Return the manifest of a complete Activations directory, or raise a clear error."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(
+            f"No Activations found at {root}: the path does not exist. Save with "
+            f"Activations.save(path) or extract with out=path first."
+        )
+    if not root.is_dir():
+        raise CorruptFileError(
+            f"{root} is a file, not an Activations folder: Activations.save(path) writes a "
+            f"folder holding manifest.json and .npy arrays."
+        )
+    manifest = root / MANIFEST
+    if not manifest.is_file():
+        progress = root / PROGRESS
+        if progress.is_file():
+            state = _read_json(progress, root)
+            done = state.get("n_samples_done", 0)
+            total = state.get("n_samples")
+            of = f" of {total}" if total is not None else ""
+            raise _incomplete(root, f"the extraction stopped after {done}{of} samples")
+        raise CorruptFileError(
+            f"{root} has no {MANIFEST}: it is not a finished Activations folder (it was never "
+            f"completely written, or is not one). If it came from an interrupted extraction, "
+            f"re-run the extraction with the same out= to resume it."
+        )
+    return _read_json(manifest, root)
+
+
+def read_directory(root: Path, mmap: bool = False) -> tuple[dict, dict, dict]:
+    """Load a complete directory: ``(manifest, arrays, strings)``; arrays are numpy."""
+    root = Path(root)
+    man = read_manifest(root)
+    try:
+        files = man["files"]
+        arrays = {name: _load_npy(root, e, name, mmap) for name, e in files["arrays"].items()}
+        strings = _load_strings(root, files["strings"])
+    except KeyError as exc:
+        raise CorruptFileError(f"{root} is corrupt: its manifest lacks the entry {exc}.") from exc
+    return man, arrays, strings
+
+
+def is_activations_dir(path: Path) -> bool:
+    """Whether ``path`` is (a possibly partial) Activations directory we may replace."""
+    return (path / MANIFEST).is_file() or (path / PROGRESS).is_file()
+
+
+# ----------------------------------------------------------------------- whole-directory save
+def write_directory(
+    path: Path,
+    arrays: dict[str, np.ndarray],
+    strings: dict,
+    header: dict,
+) -> None:
+    """Write a complete Activations directory at ``path`` atomically.
+
+    Everything goes into a temporary sibling directory, manifest last; then the directory is
+    swapped in. An existing folder at ``path`` is replaced only if it is an Activations folder
+    (complete or partial) or empty, so a typo never deletes unrelated files.
+    """
+    path = Path(path)
+    _check_replaceable(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    tmp.mkdir()
+    try:
+        entries = {name: _save_npy(tmp / f"{name}.npy", arr, name) for name, arr in arrays.items()}
+        s_entry = _save_strings(tmp / STRINGS, strings)
+        manifest = dict(header, format=FORMAT, version=VERSION)
+        manifest["files"] = {"arrays": entries, "strings": s_entry}
+        atomic_write_json(tmp / MANIFEST, manifest)
+        _fsync_dir(tmp)
+        _swap_in(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_replaceable(path: Path) -> None:
+    if path.exists():
+        if not path.is_dir():
+            raise FileExistsError(
+                f"{path} exists and is a file; Activations are saved as a folder. Choose another "
+                f"path or remove the file."
+            )
+        if any(path.iterdir()) and not is_activations_dir(path):
+            raise FileExistsError(
+                f"{path} exists and holds files that are not a concept_probe Activations folder; "
+                f"refusing to replace it. Choose an empty or new path."
+            )
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Put directory ``tmp`` at ``path``, replacing an existing directory there."""
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        os.replace(path, old)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- streaming
+class ShardStore:
+    """Resumable shard writer behind ``extract_*(..., out=path)``.
+
+    Parameters
+    ----------
+    path : Path
+        Output directory.
+    fingerprint : dict
+        JSON description of everything that determines the rows (model, layer, inputs,
+        options). A partial directory with a different fingerprint is never resumed.
+    n_samples : int or None
+        Total number of input samples, if known (for messages only).
+
+    Notes
+    -----
+    Shards hold whole samples; ``progress.json`` lists the finished shards with the range of
+    samples each covers and the size (and checksum) of each file. Files of a shard that is not
+    listed (written when the process was stopped) are overwritten when the shard is redone.
+    """
+
+    def __init__(self, path: Path, fingerprint: dict, n_samples: int | None):
+        self.path = Path(path)
+        self.fingerprint = fingerprint
+        self.n_samples = n_samples
+        self.shards: list[dict] = []
+        self.extra: dict = {}
+
+    # -- state
+    @property
+    def n_samples_done(self) -> int:
+        return self.shards[-1]["samples"][1] if self.shards else 0
+
+    def status(self) -> str:
+        """``'new'``, ``'partial'`` (resumable) or ``'complete'`` (nothing left to do).
+
+        Raises
+        ------
+        ValueError
+            If the directory holds an extraction with different settings or unrelated files.
+        """
+        p = self.path
+        if not p.exists():
+            return "new"
+        if not p.is_dir():
+            raise FileExistsError(f"out={str(p)!r} is a file; out= must name a folder.")
+        if (p / MANIFEST).is_file():
+            man = _read_json(p / MANIFEST, p)
+            self._check_fingerprint(man.get("fingerprint"), complete=True)
+            return "complete"
+        if (p / PROGRESS).is_file():
+            state = _read_json(p / PROGRESS, p)
+            self._check_fingerprint(state.get("fingerprint"), complete=False)
+            shards = state.get("shards", [])
+            # Keep the longest prefix of listed shards whose files are intact.
+            kept = []
+            for shard in shards:
+                try:
+                    for e in shard["files"].values():
+                        _check_file(p, e, "shard")
+                except CorruptFileError:
+                    break
+                kept.append(shard)
+            self.shards = kept
+            self.extra = state.get("extra", {})
+            return "partial"
+        if any(p.iterdir()):
+            raise FileExistsError(
+                f"out={str(p)!r} exists and holds files that are not a concept_probe extraction; "
+                f"refusing to write there. Choose an empty or new folder."
+            )
+        return "new"
+
+    def _check_fingerprint(self, found: dict | None, complete: bool) -> None:
+        if found == self.fingerprint:
+            return
+        found = found or {}
+        diff = sorted(
+            k for k in set(found) | set(self.fingerprint) if found.get(k) != self.fingerprint.get(k)
+        )
+        what = "a finished" if complete else "an interrupted"
+        raise ValueError(
+            f"out={str(self.path)!r} holds {what} extraction made with different settings "
+            f"(differs in: {', '.join(diff)}), so it cannot be "
+            f"{'reused' if complete else 'resumed'}. Use another out= folder, or delete this one "
+            f"to start again."
+        )
+
+    # -- writing
+    def start(self) -> None:
+        """Create the directory (if new) and write the initial progress file."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not (self.path / PROGRESS).is_file():
+            self._write_progress()
+
+    def _write_progress(self) -> None:
+        atomic_write_json(
+            self.path / PROGRESS,
+            {
+                "format": FORMAT,
+                "version": VERSION,
+                "status": "partial",
+                "fingerprint": self.fingerprint,
+                "n_samples": self.n_samples,
+                "n_samples_done": self.n_samples_done,
+                "shards": self.shards,
+                "extra": self.extra,
+            },
+        )
+
+    def write_shard(
+        self,
+        sample_range: tuple[int, int],
+        arrays: dict[str, np.ndarray],
+        strings: dict,
+        extra: dict | None = None,
+    ) -> None:
+        """Write one shard (all arrays of a run of whole samples), then record it."""
+        index = len(self.shards)
+        if sample_range[0] != self.n_samples_done:
+            raise RuntimeError(  # pragma: no cover - internal invariant
+                f"shard starts at sample {sample_range[0]}, expected {self.n_samples_done}"
+            )
+        files = {}
+        for name, arr in arrays.items():
+            files[name] = _save_npy(self.path / f"{name}-{index:05d}.npy", arr, name)
+        files[STRINGS] = _save_strings(self.path / f"strings-{index:05d}.json", strings)
+        self.shards.append({"index": index, "samples": list(sample_range), "files": files})
+        if extra:
+            self.extra.update(extra)
+        self._write_progress()
+
+    def read_shard_strings(self, shard: dict) -> dict:
+        return _load_strings(self.path, shard["files"][STRINGS])
+
+    def _shard_array(self, shard: dict, name: str, mmap: bool = True) -> np.ndarray | None:
+        e = shard["files"].get(name)
+        return None if e is None else _load_npy(self.path, e, name, mmap)
+
+    def finalize(self, strings: dict, header: dict, skip: set[str] = frozenset()) -> None:
+        """Consolidate the shards into one directory in the final format, then clean up.
+
+        Arrays are copied shard by shard into memory-mapped outputs, so memory stays bounded by
+        one shard. ``strings`` and ``header`` hold the whole-extraction strings (merged by the
+        caller from :meth:`read_shard_strings`) and manifest fields; arrays named in ``skip``
+        are left out (their shard files are still removed).
+        """
+        root = self.path
+        names: list[str] = []
+        for shard in self.shards:
+            for n in shard["files"]:
+                if n != STRINGS and n not in names and n not in skip:
+                    names.append(n)
+        entries = {}
+        for name in names:
+            parts = [s["files"][name] for s in self.shards if name in s["files"]]
+            if len(parts) != len(self.shards):  # pragma: no cover - internal invariant
+                raise RuntimeError(f"array {name!r} is missing from some shards")
+            shape0 = sum(p["shape"][0] for p in parts)
+            tail = parts[0]["shape"][1:]
+            dtype = np.dtype(parts[0]["dtype"])
+            final = root / f"{name}.npy"
+            with _atomic_path(final) as tmp:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(shape0, *tail))
+                at = 0
+                for shard in self.shards:
+                    src = self._shard_array(shard, name)
+                    step = max(1, _CHUNK_ROWS_BYTES // max(1, src[:1].nbytes))
+                    for s in range(0, src.shape[0], step):
+                        blk = src[s : s + step]
+                        out[at : at + blk.shape[0]] = blk
+                        at += blk.shape[0]
+                    del src
+                out.flush()
+                del out
+            entries[name] = _entry(final, name, (shape0, *tail), dtype)
+        s_entry = _save_strings(root / STRINGS, strings)
+        manifest = dict(header, format=FORMAT, version=VERSION, fingerprint=self.fingerprint)
+        manifest["files"] = {"arrays": entries, "strings": s_entry}
+        atomic_write_json(root / MANIFEST, manifest)
+        _fsync_dir(root)
+        # The manifest is in place: the shards and the progress file are no longer needed.
+        for shard in self.shards:
+            for e in shard["files"].values():
+                (root / e["file"]).unlink(missing_ok=True)
+        (root / PROGRESS).unlink(missing_ok=True)
+        for stray in root.glob(".*.tmp-*"):
+            stray.unlink(missing_ok=True)
