@@ -17,13 +17,13 @@ def require_matplotlib():
     return matplotlib
 
 
-def new_figure(width: float, height: float):
+def new_figure(width: float, height: float, layout: str | None = "constrained"):
     """A Figure with an Agg canvas, created without pyplot (no global state is touched)."""
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(max(width, 1.0), max(height, 1.0)), layout="constrained")
+    fig = Figure(figsize=(max(width, 1.0), max(height, 1.0)), layout=layout)
     FigureCanvasAgg(fig)
     return fig
 

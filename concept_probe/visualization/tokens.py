@@ -158,7 +158,7 @@ def plot_token_highlights(
             x += w
         x, y = 0.1, y + 1.6 * line_h
     height = y + 0.3
-    fig = new_figure(width, height)
+    fig = new_figure(width, height, layout=None)
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)

@@ -1,0 +1,239 @@
+"""Figures, token highlighting and the HTML report, on small hand-made activations."""
+
+import html
+import json
+import re
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import concept_probe as cp
+from concept_probe.extraction import Activations
+from concept_probe.visualization import overlay_heatmap
+
+
+def _spatial_acts(n=6, grid=(2, 3), d=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h, w = grid
+    rows = n * h * w
+    A = torch.rand(rows, d, generator=g)
+    sample = torch.arange(n).repeat_interleave(h * w)
+    yx = torch.tensor([[y, x] for y in range(h) for x in range(w)]).repeat(n, 1)
+    images = torch.randint(0, 256, (n, 24, 36, 3), generator=g, dtype=torch.uint8)
+    return Activations(
+        A,
+        sample,
+        yx,
+        kind="spatial",
+        grid=grid,
+        images=images,
+        sample_ids=[f"img{i}.png" for i in range(n)],
+        meta={"model": "toy", "layer": "block1"},
+    )
+
+
+def _text_acts():
+    texts = ["The cat <sat> & purred.", "A dog barked."]
+    words = [["The", "cat", "<sat>", "&", "purred", "."], ["A", "dog", "barked", "."]]
+    tokens, spans, sample, pos = [], [], [], []
+    for i, (t, ws) in enumerate(zip(texts, words, strict=True)):
+        cursor = 0
+        for j, wd in enumerate(ws):
+            start = t.index(wd, cursor)
+            cursor = start + len(wd)
+            tokens.append(wd)
+            spans.append([start, cursor])
+            sample.append(i)
+            pos.append(j + 1)
+    n = len(tokens)
+    A = torch.rand(n, 4, generator=torch.Generator().manual_seed(1))
+    return Activations(
+        A,
+        torch.tensor(sample),
+        torch.tensor(pos),
+        kind="text",
+        tokens=tokens,
+        char_spans=torch.tensor(spans),
+        texts=texts,
+        sample_ids=["text[0]", "text[1]"],
+    )
+
+
+def _fit(acts, k=3):
+    nmf = cp.ConvexNMF(k, solver="pgd", seed=0, init="random", tol=0)
+    Z, _ = nmf.fit(acts.A, max_iter=50)
+    return nmf, Z
+
+
+def _not_blank(fig):
+    fig.canvas.draw()
+    arr = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(float)
+    return arr.std() > 5
+
+
+def test_overlay_heatmap_upsamples_and_blends():
+    img = np.full((8, 8, 3), 100, dtype=np.uint8)
+    heat = np.array([[0.0, 0.0], [0.0, 2.0]])
+    out = overlay_heatmap(img, heat, alpha=1.0)
+    # Zero heat leaves the image unchanged; the hot corner takes the colour map's top colour.
+    assert np.allclose(out[0, 0], 100 / 255)
+    assert not np.allclose(out[-1, -1], 100 / 255)
+    # vmax shared across images: a heat of 1 with vmax=2 blends half as strongly.
+    half = overlay_heatmap(img, heat / 2, alpha=1.0, vmax=2.0)
+    assert np.abs(half[-1, -1] - 100 / 255).sum() < np.abs(out[-1, -1] - 100 / 255).sum()
+    with pytest.raises(ValueError, match="image must have shape"):
+        overlay_heatmap(np.zeros((4, 4)), heat)
+    with pytest.raises(ValueError, match="alpha"):
+        overlay_heatmap(img, heat, alpha=2)
+
+
+def test_figures_are_drawn_without_pyplot_state():
+    acts = _spatial_acts()
+    nmf, Z = _fit(acts)
+    before = set(sys.modules)
+    figs = [
+        cp.plot_top_samples(Z, acts, k=4),
+        cp.plot_top_samples(Z, acts, 1, k=2),
+        cp.plot_prototypes(nmf.W, acts, 0, k=5),
+        cp.plot_concept_overview(cp.concept_stats(Z, nmf.D, acts)),
+        cp.plot_loss_history(nmf),
+    ]
+    assert "matplotlib.pyplot" not in set(sys.modules) - before
+    for fig in figs:
+        assert _not_blank(fig)
+    # One row of k images per concept.
+    assert len(figs[0].axes) == 3 * 4
+    assert len(figs[1].axes) == 2
+    # The prototype panel outlines the contributing cell of each row.
+    assert all(len(ax.patches) == 1 for ax in figs[2].axes)
+
+
+def test_prototype_outline_sits_on_the_row_position():
+    acts = _spatial_acts(n=2, grid=(2, 3))
+    W = torch.zeros(1, acts.n_rows)
+    W[0, 5] = 1.0  # sample 0, position (1, 2)
+    fig = cp.plot_prototypes(W, acts, 0, k=1)
+    rect = fig.axes[0].patches[0]
+    # 24 x 36 image on a 2 x 3 grid: cells of 12 x 12 pixels.
+    assert rect.get_xy() == pytest.approx((2 * 12 - 0.5, 1 * 12 - 0.5))
+    assert rect.get_width() == pytest.approx(12) and rect.get_height() == pytest.approx(12)
+
+
+def test_plot_with_ax_draws_into_it():
+    from concept_probe.visualization._common import new_figure
+
+    acts = _spatial_acts()
+    nmf, Z = _fit(acts)
+    fig = new_figure(4, 3)
+    ax = fig.subplots()
+    assert cp.plot_concept_overview(cp.concept_stats(Z, nmf.D, acts), ax=ax) is fig
+    assert cp.plot_loss_history(nmf.loss_history_, ax=ax, label="pgd") is fig
+
+
+def test_figures_refuse_what_they_cannot_draw():
+    text = _text_acts()
+    _, Z = _fit(text, k=2)
+    with pytest.raises(ValueError, match="highlight_tokens_html"):
+        cp.plot_top_samples(Z, text)
+    acts = _spatial_acts()
+    no_images = acts.subset(torch.arange(acts.n_rows))
+    no_images.images = None
+    with pytest.raises(ValueError, match="keep_images=True"):
+        cp.plot_top_samples(torch.rand(acts.n_rows, 2), no_images)
+    with pytest.raises(ValueError, match="concept must be in"):
+        cp.plot_prototypes(torch.rand(2, acts.n_rows), acts, 5)
+
+
+def test_token_highlights_keep_the_text_and_escape_it():
+    acts = _text_acts()
+    Z = torch.zeros(acts.n_rows, 2)
+    Z[2, 1] = 4.0  # "<sat>"
+    Z[1, 1] = 1.0  # "cat"
+    frag = cp.highlight_tokens_html(Z, acts, 0, 1)
+    # Stripping the tags gives back the original text, escaped.
+    assert html.unescape(re.sub(r"<[^>]+>", "", frag)) == acts.texts[0]
+    assert "&lt;sat&gt;" in frag and "<sat>" not in frag
+    alphas = [float(a) for a in re.findall(r"rgba\(\d+,\d+,\d+,([0-9.]+)\)", frag)]
+    assert alphas == pytest.approx([0.0, 0.25, 1.0, 0.0, 0.0, 0.0])
+    fig = cp.plot_token_highlights(Z, acts, [0, 1], 1)
+    assert _not_blank(fig)
+    with pytest.raises(ValueError, match="sample must be in"):
+        cp.highlight_tokens_html(Z, acts, 5, 1)
+
+
+@pytest.mark.parametrize("kind", ["spatial", "pooled", "text"])
+def test_write_report(tmp_path, kind):
+    if kind == "text":
+        acts = _text_acts()
+    elif kind == "pooled":
+        base = _spatial_acts()
+        acts = Activations(
+            base.A[::6].clone(),
+            torch.arange(6),
+            None,
+            kind="pooled",
+            images=base.images,
+            sample_ids=base.sample_ids,
+        )
+    else:
+        acts = _spatial_acts()
+    nmf, Z = _fit(acts, k=2)
+    out = cp.write_report(nmf, acts, Z, tmp_path / "rep", k=3)
+    index = (out / "index.html").read_text()
+    assert index.count("<h2 id='concept-") == 2
+    assert "http://" not in index and "https://" not in index  # no external assets
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["activations"]["kind"] == kind
+    assert [c["concept"] for c in summary["concepts"]] != []
+    for c in summary["concepts"]:
+        top = cp.top_samples(Z, acts, concept=c["concept"], k=3)
+        assert [t["sample"] for t in c["top_samples"]] == top.indices.tolist()
+        proto = cp.concept_prototypes(nmf.W, acts, concept=c["concept"], k=3)
+        assert [p["row"] for p in c["prototypes"]] == proto.rows.tolist()
+    pngs = list(out.glob("*.png"))
+    assert len(pngs) == (1 if kind == "text" else 5)
+    # Writing again replaces the report; nothing is left beside it.
+    cp.write_report(nmf, acts, Z, out, k=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]
+
+
+def test_write_report_refuses_foreign_folders_and_bad_inputs(tmp_path):
+    acts = _spatial_acts()
+    nmf, Z = _fit(acts, k=2)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    with pytest.raises(FileExistsError, match="not a concept_probe report"):
+        cp.write_report(nmf, acts, Z, tmp_path / "mine")
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+    with pytest.raises(ValueError, match="fitted"):
+        cp.write_report(cp.ConvexNMF(2), acts, Z, tmp_path / "r")
+    other = _spatial_acts(n=3)
+    with pytest.raises(ValueError, match="activations the estimator was fitted on"):
+        cp.write_report(nmf, other, None, tmp_path / "r")
+    with pytest.raises(ValueError, match="Z must have shape"):
+        cp.write_report(nmf, acts, Z[:, :1], tmp_path / "r")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+
+def test_interrupted_report_leaves_nothing(tmp_path, monkeypatch):
+    from concept_probe.visualization import report
+
+    acts = _spatial_acts()
+    nmf, Z = _fit(acts, k=2)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(report, "_save_png", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        cp.write_report(nmf, acts, Z, tmp_path / "rep")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_encodes_when_codes_are_omitted(tmp_path):
+    acts = _spatial_acts()
+    nmf, _ = _fit(acts, k=2)
+    out = cp.write_report(nmf, acts, None, tmp_path / "rep", k=2)
+    assert (out / "summary.json").is_file()
