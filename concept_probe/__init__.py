@@ -25,6 +25,15 @@ from .errors import (
     LayerNotFoundError,
     NotFittedError,
 )
+from .extraction import (
+    Activations,
+    capture_layers,
+    extract_image_activations,
+    extract_text_activations,
+    list_layers,
+    load_text_model,
+    load_vision_model,
+)
 from .factorization import ConvexNMF, SemiNMF
 from .visualization import (
     highlight_tokens_html,
@@ -40,6 +49,7 @@ from .visualization import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Activations",
     "ConceptProbeError",
     "ConceptPrototypes",
     "ConceptStats",
@@ -53,10 +63,16 @@ __all__ = [
     "SemiNMF",
     "TopSamples",
     "__version__",
+    "capture_layers",
     "concept_prototypes",
     "concept_stats",
+    "extract_image_activations",
+    "extract_text_activations",
     "factor_table",
     "highlight_tokens_html",
+    "list_layers",
+    "load_text_model",
+    "load_vision_model",
     "plot_concept_overview",
     "plot_factor_purity",
     "plot_loss_history",
