@@ -427,7 +427,7 @@ class Activations:
             raise IndexError(f"sample index {i} is out of range for {self.n_samples} samples.")
         i = int(i) % self.n_samples
         if self._offsets is None:
-            s = self.sample
+            s = self.sample.contiguous()
             if s.numel() < 2 or bool((s[1:] >= s[:-1]).all()):
                 self._offsets = torch.searchsorted(s, torch.arange(self.n_samples + 1))
             else:
