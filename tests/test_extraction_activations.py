@@ -267,3 +267,15 @@ def test_missing_array_file(tmp_path):
     os.remove(path / "position.npy")
     with pytest.raises(CorruptFileError, match="missing"):
         Activations.load(path)
+
+
+def test_replace_validates_and_rejects_unknown_fields():
+    acts = spatial()
+    new = acts.replace(sample_ids=["x", "y", "z"], meta={"dataset": "d"})
+    assert new.sample_ids == ["x", "y", "z"] and new.meta == {"dataset": "d"}
+    assert new.A.data_ptr() == acts.A.data_ptr()  # no copy of A
+    assert acts.sample_ids[0] == "img0.png"
+    with pytest.raises(ValueError, match="disagree"):
+        acts.replace(sample_ids=["x"])
+    with pytest.raises(TypeError, match="unknown field"):
+        acts.replace(colour="red")

@@ -27,6 +27,9 @@ from .hooks import capture_layers
 # Rows are buffered up to about this many bytes before a shard is written to disk (when
 # streaming with out=); the same batches close a shard for every layer.
 SHARD_BYTES = 64 * 2**20
+# After the first batch, stop each forward pass once every captured layer has run (the rest of
+# the model cannot change the captured outputs). A switch for benchmarks and debugging.
+STOP_EARLY = True
 
 
 @dataclass
@@ -231,7 +234,7 @@ def _forward_batches(plan: Plan, layers: list[str], start: int):
         for batch in plan.batches(start):
             # The first batch runs the whole model to catch modules called more than once per
             # forward (ambiguous outputs); later batches stop after the last captured layer.
-            outs = cap.run(batch.inputs, stop_early=plan.stop_early and not first)
+            outs = cap.run(batch.inputs, stop_early=plan.stop_early and STOP_EARLY and not first)
             if first:
                 reused = {n: c for n, c in cap.calls.items() if c > 1}
                 if reused:

@@ -490,19 +490,23 @@ class ShardStore:
             tail = parts[0]["shape"][1:]
             dtype = np.dtype(parts[0]["dtype"])
             final = root / f"{name}.npy"
-            with _atomic_path(final) as tmp:
-                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(shape0, *tail))
-                at = 0
+            # Plain sequential writes (not a writable memmap): the copied pages do not stay
+            # resident in this process, so memory stays bounded by one block.
+            with _atomic_path(final) as tmp, open(tmp, "wb") as f:
+                np.lib.format.write_array_header_2_0(
+                    f,
+                    {
+                        "descr": np.lib.format.dtype_to_descr(dtype),
+                        "fortran_order": False,
+                        "shape": (shape0, *tail),
+                    },
+                )
                 for shard in self.shards:
                     src = self._shard_array(shard, name)
                     step = max(1, _CHUNK_ROWS_BYTES // max(1, src[:1].nbytes))
                     for s in range(0, src.shape[0], step):
-                        blk = src[s : s + step]
-                        out[at : at + blk.shape[0]] = blk
-                        at += blk.shape[0]
+                        f.write(np.ascontiguousarray(src[s : s + step]).tobytes())
                     del src
-                out.flush()
-                del out
             entries[name] = _entry(final, name, (shape0, *tail), dtype)
         s_entry = _save_strings(root / STRINGS, strings)
         manifest = dict(header, format=FORMAT, version=VERSION, fingerprint=self.fingerprint)

@@ -34,7 +34,8 @@ def _as_tensor(x, name: str, *, dtype: torch.dtype, ndim: int | tuple[int, ...])
             f"{name} must have {' or '.join(map(str, ndims))} dimension(s); got shape "
             f"{tuple(x.shape)}."
         )
-    x = x.detach()
+    if x.requires_grad:
+        x = x.detach()
     if x.device.type != "cpu":
         x = x.cpu()
     if dtype.is_floating_point:
@@ -450,6 +451,33 @@ class Activations:
             "factor_values": self.factor_values,
             "meta": self.meta,
         }
+
+    def replace(self, **changes: Any) -> Activations:
+        """A copy with some fields replaced (validated like the constructor).
+
+        Parameters
+        ----------
+        **changes
+            Any constructor argument: ``A``, ``sample``, ``position``, ``kind``, ``grid``,
+            ``sample_ids``, ``labels``, ``label_names``, ``images``, ``tokens``, ``char_spans``,
+            ``texts``, ``factors``, ``factor_values``, ``meta``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from concept_probe.extraction import Activations
+        >>> acts = Activations(torch.ones(2, 3), torch.tensor([0, 1]), kind="pooled")
+        >>> acts.replace(sample_ids=["a.png", "b.png"], meta={"dataset": "mine"}).sample_ids
+        ['a.png', 'b.png']
+        """
+        fields = {"A": self.A, "sample": self.sample, "position": self.position, **self._fields()}
+        unknown = sorted(set(changes) - set(fields))
+        if unknown:
+            raise TypeError(
+                f"replace() got unknown field(s) {unknown}; fields are {', '.join(fields)}."
+            )
+        fields.update(changes)
+        return Activations(fields.pop("A"), fields.pop("sample"), fields.pop("position"), **fields)
 
     def subset(self, rows) -> Activations:
         """Activations restricted to some rows.
