@@ -46,8 +46,10 @@ class ConvexNMF(DictionaryEstimator):
         :meth:`encode`.
     strict_convex : bool, default=False
         Make every row of ``W`` sum to one, so each concept is a weighted average of rows.
-        ``mu`` rescales the rows and moves the scale into ``Z`` (``Z W`` unchanged, the
-        objective stays monotone); ``pgd`` projects each row onto the simplex.
+        ``mu`` rescales the rows and moves the scale into ``Z`` (``Z W`` unchanged, so the
+        objective stays monotone when ``l1_penalty=0``; with an L1 penalty the rescaling
+        changes ``sum(Z)``, and the objective can rise by a little in an iteration: prefer
+        ``pgd`` for sparse strict-convex fits); ``pgd`` projects each row onto the simplex.
     solver : {'pgd', 'mu'}, default='pgd'
         ``'mu'``: Ding et al.'s multiplicative updates, monotone (the objective never
         increases). ``'pgd'``: alternating projected gradient with step sizes from Lipschitz
@@ -56,26 +58,30 @@ class ConvexNMF(DictionaryEstimator):
     verbose : bool, default=False
         Show a progress bar with the current objective.
     l1_penalty : float, default=0.0
-        Weight of ``sum(Z)`` in the objective; larger values give sparser codes. It has the
-        units of ``A`` squared (fitting ``c * A`` needs ``c**2 * l1_penalty`` for the same
-        codes). Used by both solvers and by :meth:`encode`.
+        Weight of ``sum(Z)`` in the objective. It has the units of ``A`` squared (fitting
+        ``c * A`` needs ``c**2 * l1_penalty`` for the same codes). Used by both solvers and
+        by :meth:`encode`. Only ``Z W`` is fixed by the data, so without a scale constraint
+        on ``W`` the fit can lower the penalty by shrinking ``Z`` and growing ``W`` rather
+        than by zeroing codes: combine it with ``strict_convex=True`` to get sparser codes.
     **kwargs
-        Documented extras only (anything else raises ``TypeError``):
+        The documented extras below only; anything else raises ``TypeError``.
 
-        init : {'kmeans', 'random', 'semi_nmf'}, default='kmeans'
-            Starting point: k-means clusters (Ding et al.'s recommendation), seeded uniform
-            draws, or Semi-NMF codes. Whatever the start, ``Z`` is then scaled so that the
-            starting relative error is at most one.
-        seed : int or None, default=None
-            Seed of the one ``torch.Generator`` every random draw comes from.
-        dtype : torch.dtype or str or None, default=None
-            ``torch.float32`` or ``torch.float64``; ``None`` keeps float64 input in float64
-            and uses float32 otherwise.
-        batch_size : int or None, default=None
-            Rows per block in every pass over ``A`` (memory for temporaries); ``None`` picks
-            about 16M elements per block on a CPU and 256M on a GPU.
-        momentum : bool, default=True
-            ``pgd`` only: Nesterov extrapolation, restarted whenever the objective rises.
+    Other Parameters
+    ----------------
+    init : {'kmeans', 'random', 'semi_nmf'}, default='kmeans'
+        Starting point: k-means clusters (Ding et al.'s recommendation), seeded uniform
+        draws, or Semi-NMF codes. Whatever the start, ``Z`` is then scaled so that the
+        starting relative error is at most one.
+    seed : int or None, default=None
+        Seed of the one ``torch.Generator`` every random draw comes from.
+    dtype : torch.dtype or str or None, default=None
+        ``torch.float32`` or ``torch.float64``; ``None`` keeps float64 input in float64
+        and uses float32 otherwise.
+    batch_size : int or None, default=None
+        Rows per block in every pass over ``A`` (memory for temporaries); ``None`` picks
+        about 16M elements per block on a CPU and 256M on a GPU.
+    momentum : bool, default=True
+        ``pgd`` only: Nesterov extrapolation, restarted whenever the objective rises.
 
     Attributes
     ----------
