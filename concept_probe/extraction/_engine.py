@@ -26,7 +26,7 @@ from .hooks import capture_layers
 
 # Rows are buffered up to about this many bytes before a shard is written to disk (when
 # streaming with out=); the same batches close a shard for every layer.
-SHARD_BYTES = 64 * 2**20
+SHARD_BYTES = 32 * 2**20
 # After the first batch, stop each forward pass once every captured layer has run (the rest of
 # the model cannot change the captured outputs). A switch for benchmarks and debugging.
 STOP_EARLY = True
@@ -47,6 +47,10 @@ class Batch:
     @property
     def size(self) -> int:
         return len(self.ids)
+
+    def per_sample(self) -> Batch:
+        """Return the batch without its model inputs: what sinks keep (inputs would pile up)."""
+        return Batch(self.start, None, self.ids, self.labels, self.images, self.texts)
 
 
 @dataclass
@@ -122,6 +126,9 @@ class _ModelOnDevice:
 
 
 # ---------------------------------------------------------------------------- sinks
+_NO_ROWS = np.empty((0, 0), dtype=np.float32)
+
+
 class _MemorySink:
     """Collects rows and per-sample data in memory.
 
@@ -135,10 +142,16 @@ class _MemorySink:
         self.chunks: list[np.ndarray] = []
         self.rows: list[Rows] = []
         self.samples: list[Batch] = []
+        self.images: np.ndarray | None = None  # preallocated (n_samples, H, W, 3)
+        self.n_images = 0
 
-    def reserve(self, n_rows: int | None, n_features: int) -> None:
+    def reserve(
+        self, n_rows: int | None, n_features: int, n_samples: int | None, batch: Batch
+    ) -> None:
         if n_rows is not None:
             self.buf = torch.empty(n_rows, n_features, dtype=torch.float32)
+        if n_samples is not None and batch.images is not None:
+            self.images = np.empty((n_samples, *batch.images.shape[1:]), dtype=np.uint8)
 
     def add(self, batch: Batch, rows: Rows) -> None:
         r = rows.A.shape[0]
@@ -150,8 +163,24 @@ class _MemorySink:
                 self.chunks.append(self.buf[: self.at].numpy())
                 self.buf = None
             self.chunks.append(rows.A)
-        self.rows.append(Rows(rows.A[:0], rows.sample, rows.position, rows.char_spans, rows.tokens))
-        self.samples.append(batch)
+        # Keep no view of rows.A (a view would keep the whole batch array alive).
+        self.rows.append(Rows(_NO_ROWS, rows.sample, rows.position, rows.char_spans, rows.tokens))
+        kept = batch.per_sample()
+        if self.images is not None and batch.images is not None:
+            e = self.n_images + batch.size
+            if e <= self.images.shape[0] and batch.images.shape[1:] == self.images.shape[1:]:
+                self.images[self.n_images : e] = batch.images
+                kept.images = None
+            else:  # pragma: no cover - more samples than announced: keep per batch
+                self.images = None
+        self.n_images += batch.size
+        self.samples.append(kept)
+
+    def per_sample(self) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+        arrays, strings = _per_sample(self.samples)
+        if self.images is not None:
+            arrays["images"] = self.images[: self.n_images]
+        return arrays, strings
 
     def parts(self) -> tuple[torch.Tensor, dict[str, np.ndarray], list[str] | None]:
         if self.buf is not None:
@@ -171,16 +200,19 @@ class _MemorySink:
         return A, arrays, tokens
 
 
-def _per_sample(batches: list[Batch]) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
-    arrays: dict[str, np.ndarray] = {}
-    if batches and all(b.labels is not None for b in batches):
-        arrays["labels"] = np.concatenate([b.labels for b in batches])
-    if batches and all(b.images is not None for b in batches):
-        arrays["images"] = np.concatenate([b.images for b in batches])
+def _per_sample(
+    batches: list[Batch], arrays: bool = True
+) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+    """Per-sample arrays (labels, images; concatenated) and strings of some batches."""
     strings: dict[str, list[str]] = {"sample_ids": [i for b in batches for i in b.ids]}
     if batches and batches[0].texts is not None:
         strings["texts"] = [t for b in batches for t in b.texts]
-    return arrays, strings
+    out: dict[str, np.ndarray] = {}
+    if arrays and batches and all(b.labels is not None for b in batches):
+        out["labels"] = np.concatenate([b.labels for b in batches])
+    if arrays and batches and all(b.images is not None for b in batches):
+        out["images"] = np.concatenate([b.images for b in batches])
+    return out, strings
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -265,7 +297,9 @@ def _run_memory(plan: Plan) -> dict[str, Activations]:
         for batch, rows in _forward_batches(plan, plan.layers, 0):
             for name, r in rows.items():
                 if first:
-                    sinks[name].reserve(plan.expected_rows(name), r.A.shape[1])
+                    sinks[name].reserve(
+                        plan.expected_rows(name), r.A.shape[1], plan.n_samples, batch
+                    )
                 sinks[name].add(batch, r)
             first = False
             bar.update(batch.size)
@@ -276,7 +310,7 @@ def _run_memory(plan: Plan) -> dict[str, Activations]:
     out = {}
     for name, sink in sinks.items():
         A, arrays, tokens = sink.parts()
-        per_sample, strings = _per_sample(sink.samples)
+        per_sample, strings = sink.per_sample()
         info = plan.layer_info(name)
         out[name] = _build(
             plan, name, A, {**arrays, **per_sample}, {**strings, "tokens": tokens}, info
@@ -323,7 +357,7 @@ def _run_disk(plan: Plan, out: Path, single: bool) -> dict[str, Activations]:
         try:
             for batch, rows in _forward_batches(plan, todo, start):
                 for name, r in rows.items():
-                    buffers[name].append((batch, r))
+                    buffers[name].append((batch.per_sample(), r))
                     buffered += r.nbytes + (batch.images.nbytes if batch.images is not None else 0)
                 bar.update(batch.size)
                 if buffered >= SHARD_BYTES:
@@ -370,16 +404,20 @@ def _flush(plan: Plan, stores: dict, buffers: dict) -> None:
             continue
         batches = [b for b, _ in items]
         rows = [r for _, r in items]
-        arrays = {
-            "A": np.concatenate([r.A for r in rows]),
-            "sample": np.concatenate([r.sample for r in rows]),
+        # Lists of per-batch parts: written one after the other, never concatenated in memory.
+        arrays: dict[str, list[np.ndarray]] = {
+            "A": [r.A for r in rows],
+            "sample": [r.sample for r in rows],
         }
         if rows[0].position is not None:
-            arrays["position"] = np.concatenate([r.position for r in rows])
+            arrays["position"] = [r.position for r in rows]
         if rows[0].char_spans is not None:
-            arrays["char_spans"] = np.concatenate([r.char_spans for r in rows])
-        per_sample, strings = _per_sample(batches)
-        arrays.update(per_sample)
+            arrays["char_spans"] = [r.char_spans for r in rows]
+        if all(b.labels is not None for b in batches):
+            arrays["labels"] = [b.labels for b in batches]
+        if all(b.images is not None for b in batches):
+            arrays["images"] = [b.images for b in batches]
+        _, strings = _per_sample(batches, arrays=False)
         if rows[0].tokens is not None:
             strings["tokens"] = [t for r in rows for t in r.tokens]
         info = plan.layer_info(name)

@@ -119,12 +119,34 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _save_npy(path: Path, arr: np.ndarray, name: str) -> dict:
-    """Save one array atomically; return its manifest entry."""
-    arr = np.ascontiguousarray(arr)
+def _write_npy_header(f, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+        "fortran_order": False,
+        "shape": tuple(int(s) for s in shape),
+    }
+    try:
+        np.lib.format.write_array_header_1_0(f, header)
+    except ValueError:  # pragma: no cover - headers over 64 KiB need format 2.0
+        np.lib.format.write_array_header_2_0(f, header)
+
+
+def _save_npy(path: Path, arr: np.ndarray | list[np.ndarray], name: str) -> dict:
+    """Save one array, or the row-wise concatenation of several, atomically.
+
+    Parts are written one after the other (never concatenated in memory). Returns the
+    manifest entry.
+    """
+    parts = arr if isinstance(arr, list) else [arr]
+    dtype, tail = parts[0].dtype, parts[0].shape[1:]
+    if any(p.dtype != dtype or p.shape[1:] != tail for p in parts):  # pragma: no cover
+        raise ValueError(f"parts of array {name!r} differ in dtype or shape")
+    shape = (sum(p.shape[0] for p in parts), *tail)
     with _atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, arr, allow_pickle=False)
-    return _entry(path, name, arr.shape, arr.dtype)
+        _write_npy_header(f, dtype, shape)
+        for p in parts:
+            f.write(np.ascontiguousarray(p).data)
+    return _entry(path, name, shape, dtype)
 
 
 def _entry(path: Path, name: str, shape, dtype) -> dict:
@@ -441,11 +463,14 @@ class ShardStore:
     def write_shard(
         self,
         sample_range: tuple[int, int],
-        arrays: dict[str, np.ndarray],
+        arrays: dict[str, np.ndarray | list[np.ndarray]],
         strings: dict,
         extra: dict | None = None,
     ) -> None:
-        """Write one shard (all arrays of a run of whole samples), then record it."""
+        """Write one shard (all arrays of a run of whole samples), then record it.
+
+        An array may be given as a list of parts (one per batch), written one after the other.
+        """
         index = len(self.shards)
         if sample_range[0] != self.n_samples_done:
             raise RuntimeError(  # pragma: no cover - internal invariant
@@ -493,14 +518,7 @@ class ShardStore:
             # Plain sequential writes (not a writable memmap): the copied pages do not stay
             # resident in this process, so memory stays bounded by one block.
             with _atomic_path(final) as tmp, open(tmp, "wb") as f:
-                np.lib.format.write_array_header_2_0(
-                    f,
-                    {
-                        "descr": np.lib.format.dtype_to_descr(dtype),
-                        "fortran_order": False,
-                        "shape": (shape0, *tail),
-                    },
-                )
+                _write_npy_header(f, dtype, (shape0, *tail))
                 for shard in self.shards:
                     src = self._shard_array(shard, name)
                     step = max(1, _CHUNK_ROWS_BYTES // max(1, src[:1].nbytes))
