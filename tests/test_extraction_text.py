@@ -209,3 +209,32 @@ def test_text_streaming_equals_in_memory(tmp_path, minilm, monkeypatch):
         assert torch.equal(getattr(mem, name), getattr(disk, name)), name
     assert disk.tokens == mem.tokens and disk.texts == mem.texts and disk.meta == mem.meta
     assert Activations.load(tmp_path / "t").tokens == mem.tokens
+
+
+def test_text_resume_after_interruption(tmp_path, minilm, monkeypatch):
+    monkeypatch.setattr(engine, "SHARD_BYTES", 1)
+    model, tok = minilm
+    kw = {"batch_size": 1, "max_length": 8, "progress": False}
+    mem = extract_text_activations(model, tok, "encoder.layer.1", TEXTS, **kw)
+    calls = []
+
+    def interrupt_third(module, args, kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    handle = model.register_forward_pre_hook(interrupt_third, with_kwargs=True)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            extract_text_activations(model, tok, "encoder.layer.1", TEXTS, out=tmp_path, **kw)
+    finally:
+        handle.remove()
+    calls.clear()
+    counter = model.register_forward_pre_hook(lambda m, a, k: calls.append(1), with_kwargs=True)
+    try:
+        disk = extract_text_activations(model, tok, "encoder.layer.1", TEXTS, out=tmp_path, **kw)
+    finally:
+        counter.remove()
+    assert len(calls) == 2  # texts 0 and 1 were kept; 2 and 3 are computed now
+    assert torch.equal(disk.A, mem.A) and disk.tokens == mem.tokens
+    assert disk.meta["n_truncated"] == mem.meta["n_truncated"] == 1

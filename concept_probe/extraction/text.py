@@ -218,15 +218,16 @@ def extract_text_activations(
         with _padding_ready(tokenizer):
             if start:  # resuming: count truncations among the texts already done
                 for s in range(0, start, 256):
+                    done = items[s : min(s + 256, start)]
                     enc = tokenizer(
-                        items[s : min(s + 256, start)],
+                        done,
                         truncation=True,
                         max_length=max_length,
                         return_offsets_mapping=True,
                     )
                     n_truncated[0] += sum(
                         bool(o) and max(e for _, e in o) < len(text.rstrip())
-                        for o, text in zip(enc["offset_mapping"], items[s:start], strict=False)
+                        for o, text in zip(enc["offset_mapping"], done, strict=True)
                     )
             for s in range(start, len(items), batch_size):
                 chunk = items[s : s + batch_size]

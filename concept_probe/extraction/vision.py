@@ -404,7 +404,9 @@ def _make_source(
             prep,
             None,
             f"{type(ds).__name__} ({n} items)",
-            f"{type(ds).__qualname__}:{n}",
+            # class, length and the first item: a cheap guard against resuming on other data
+            f"{type(ds).__qualname__}:{n}:"
+            + (_engine.tensor_fingerprint(first) if isinstance(first, torch.Tensor) else ""),
         )
         names = getattr(ds, "classes", None)
         if isinstance(names, (list, tuple)) and all(isinstance(c, str) for c in names):
