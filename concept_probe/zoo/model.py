@@ -21,6 +21,7 @@ from ..errors import CorruptFileError
 from .data import DEMO_MEAN, DEMO_STD, FACTORS, joint_class_names
 
 __all__ = [
+    "CHECKSUM_KEY",
     "DEMO_MODEL_KWARGS",
     "DEMO_MODEL_NAME",
     "METADATA_KEY",
@@ -48,6 +49,8 @@ DEMO_MODEL_KWARGS: dict[str, Any] = {
 }
 #: Key of the JSON entry in the safetensors header metadata.
 METADATA_KEY = "concept_probe"
+#: Header key of the SHA-256 of the tensors (names, dtypes, shapes and bytes).
+CHECKSUM_KEY = "concept_probe_sha256"
 
 
 def demo_pretrained_cfg(image_size: int = 64) -> dict[str, Any]:
@@ -121,11 +124,24 @@ def build_demo_model(
     return timm.create_model(model_name, pretrained=False, pretrained_cfg=cfg, **kwargs)
 
 
+def _tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in sorted name order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def write_checkpoint(model: torch.nn.Module, path: str | os.PathLike, metadata: dict) -> Path:
     """Save a model's weights and metadata as safetensors, atomically.
 
     The file is written to a temporary file in the same folder and renamed into place, so
-    an interrupted save never leaves a half-written checkpoint under ``path``.
+    an interrupted save never leaves a half-written checkpoint under ``path``. The header
+    also records a SHA-256 of the tensors, which :func:`read_checkpoint` checks.
 
     Parameters
     ----------
@@ -144,11 +160,17 @@ def write_checkpoint(model: torch.nn.Module, path: str | os.PathLike, metadata: 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    header = {METADATA_KEY: json.dumps(metadata, sort_keys=True)}
+    header = {
+        METADATA_KEY: json.dumps(metadata, sort_keys=True),
+        CHECKSUM_KEY: _tensors_sha256(tensors),
+    }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=header)
+        umask = os.umask(0)  # mkstemp makes the file private; give it the usual mode
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -165,6 +187,18 @@ def _corrupt(path: Path, why: str) -> CorruptFileError:
     )
 
 
+def _read_header(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint at {path}.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for bad headers
+        raise _corrupt(path, f"its safetensors header cannot be read ({exc})") from exc
+
+
 def read_metadata(path: str | os.PathLike) -> dict:
     """The ``concept_probe`` metadata of a checkpoint, without loading its tensors.
 
@@ -175,16 +209,8 @@ def read_metadata(path: str | os.PathLike) -> dict:
     CorruptFileError
         If the file is not safetensors or has no (valid) concept_probe metadata.
     """
-    from safetensors import safe_open
-
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint at {path}.")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-    except Exception as exc:  # safetensors raises its own error types for bad headers
-        raise _corrupt(path, f"its safetensors header cannot be read ({exc})") from exc
+    header = _read_header(path)
     if METADATA_KEY not in header:
         raise _corrupt(path, f"its header has no {METADATA_KEY!r} metadata entry")
     try:
@@ -217,8 +243,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
     FileNotFoundError
         If ``path`` does not exist.
     CorruptFileError
-        If the file is truncated, not safetensors, lacks the metadata, or its tensors do
-        not fit the architecture the metadata describes.
+        If the file is truncated, not safetensors, lacks the metadata, its tensors differ
+        from the checksum recorded when it was written, or they do not fit the
+        architecture the metadata describes.
     """
     from safetensors.torch import load_file
 
@@ -228,6 +255,13 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
         state = load_file(str(path))
     except Exception as exc:
         raise _corrupt(path, f"its tensors cannot be read ({exc})") from exc
+    recorded = _read_header(path).get(CHECKSUM_KEY)
+    if recorded is not None and recorded != _tensors_sha256(state):
+        raise _corrupt(
+            path,
+            "its tensors do not match the SHA-256 recorded when it was written (the "
+            "file was modified or damaged)",
+        )
     try:
         model = build_demo_model(meta["model_name"], meta["model_kwargs"], meta["pretrained_cfg"])
     except Exception as exc:
