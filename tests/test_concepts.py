@@ -88,7 +88,7 @@ def test_factor_table_purity_and_auc_against_brute_force():
     Z = g.random((n, 5)).round(1)  # ties on purpose
     Z[:, 3] += 2.0 * (lab == 1)  # concept 3 tracks value 1
     table = cp.factor_table(
-        torch.tensor(Z), {"colour": torch.tensor(lab)}, {"colour": ["red", "green", "blue"]}
+        torch.tensor(Z), {"colour": torch.tensor(lab)}, {"colour": ["red", "green", "blue"]}, top=10
     )
     by_value = {m.value: m for m in table.matches}
     assert by_value["green"].concept == 3
@@ -96,15 +96,17 @@ def test_factor_table_purity_and_auc_against_brute_force():
     for v, name in enumerate(["red", "green", "blue"]):
         pos = lab == v
         m = int(pos.sum())
-        order = np.argsort(-Z, axis=0, kind="stable")[:m]
-        purity = pos[order].mean(axis=0)
+        order = np.argsort(-Z, axis=0, kind="stable")
+        purity = pos[order[: min(10, m)]].mean(axis=0)
         assert table.purity["colour"][:, v].numpy() == pytest.approx(purity)
         best = by_value[name]
+        assert best.concept == int(np.argmax(purity + 1e-6 * pos[order[:m]].mean(axis=0)))
+        assert best.r_precision == pytest.approx(pos[order[:m, best.concept]].mean())
         assert best.chance == pytest.approx(m / n)
         assert best.auc == pytest.approx(_auc_reference(Z[:, best.concept], pos))
     assert table.fraction_above_chance(2.0) >= 1 / 3
     assert "green" in str(table)
-    assert {"factor", "value", "concept", "purity", "chance", "auc", "lift"} <= set(
+    assert {"factor", "value", "concept", "purity", "chance", "auc", "lift", "r_precision"} <= set(
         table.to_rows()[0]
     )
 
@@ -112,3 +114,5 @@ def test_factor_table_purity_and_auc_against_brute_force():
 def test_factor_table_label_shape_error():
     with pytest.raises(ValueError, match=r"labels\['shape'\] must have shape \(4,\)"):
         cp.factor_table(torch.rand(4, 2), {"shape": torch.zeros(3)})
+    with pytest.raises(ValueError, match="top must be a positive integer"):
+        cp.factor_table(torch.rand(4, 2), {"shape": torch.zeros(4)}, top=0)

@@ -138,8 +138,7 @@ def test_figures_refuse_what_they_cannot_draw():
     with pytest.raises(ValueError, match="highlight_tokens_html"):
         cp.plot_top_samples(Z, text)
     acts = _spatial_acts()
-    no_images = acts.subset(torch.arange(acts.n_rows))
-    no_images.images = None
+    no_images = acts.replace(images=None)
     with pytest.raises(ValueError, match="keep_images=True"):
         cp.plot_top_samples(torch.rand(acts.n_rows, 2), no_images)
     with pytest.raises(ValueError, match="concept must be in"):

@@ -104,13 +104,17 @@ class FactorMatch:
     concept : int
         Best-matching concept (highest purity).
     purity : float
-        Fraction of the concept's top-m rows that carry this value, with m the number of
-        rows that carry it (R-precision): 1.0 means the concept's strongest rows are exactly
-        the rows with this value.
+        Fraction of the concept's ``t`` strongest rows that carry this value, with
+        ``t = min(top, n_rows)`` (precision at ``t``): 1.0 means whenever the concept is
+        strongest, the value is there.
     chance : float
         Purity of a random ranking: the value's share of the rows.
     auc : float
         Area under the ROC curve of the concept's code as a detector of the value.
+    r_precision : float
+        Fraction of the concept's top-``n_rows`` rows that carry the value: high only if
+        the concept also covers (nearly) all the rows with the value, so a concept more
+        specific than the value (e.g. "red squares" for "red") scores low here.
     n_rows : int
         Rows carrying the value.
     """
@@ -121,6 +125,7 @@ class FactorMatch:
     purity: float
     chance: float
     auc: float
+    r_precision: float
     n_rows: int
 
     @property
@@ -134,6 +139,8 @@ class FactorTable:
     """Concept-versus-factor table: one :class:`FactorMatch` per factor value.
 
     ``purity[f]`` holds the full (n_concepts, n_values) purity matrix of factor ``f``.
+    Purity is precision at ``t``: of a concept's ``t`` strongest rows, the fraction that
+    carry the value.
     """
 
     matches: list[FactorMatch]
@@ -151,12 +158,13 @@ class FactorTable:
 
     def __str__(self) -> str:
         lines = [
-            f"{'factor':<10} {'value':<12} {'concept':>7} {'purity':>7} {'chance':>7} {'AUC':>6}"
+            f"{'factor':<10} {'value':<12} {'concept':>7} {'purity':>7} {'chance':>7} "
+            f"{'AUC':>6} {'R-prec':>7}"
         ]
         for m in self.matches:
             lines.append(
                 f"{m.factor:<10} {m.value:<12} {m.concept:>7d} {m.purity:>7.3f} "
-                f"{m.chance:>7.3f} {m.auc:>6.3f}"
+                f"{m.chance:>7.3f} {m.auc:>6.3f} {m.r_precision:>7.3f}"
             )
         return "\n".join(lines)
 
@@ -183,7 +191,10 @@ def _auc(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
 
 
 def factor_table(
-    Z, labels: dict[str, torch.Tensor], value_names: dict[str, list[str]] | None = None
+    Z,
+    labels: dict[str, torch.Tensor],
+    value_names: dict[str, list[str]] | None = None,
+    top: int = 50,
 ) -> FactorTable:
     """Match concepts to known factor values (e.g. shape, colour, texture of the demo).
 
@@ -196,12 +207,16 @@ def factor_table(
         value but still count as rows, so a concept that fires on background is not pure.
     value_names : dict of str to list of str, optional
         Names of each factor's values (defaults to their indices).
+    top : int, default=50
+        Purity is measured on each concept's ``min(top, n_rows)`` strongest rows.
 
     Returns
     -------
     FactorTable
     """
     Z = _as_codes(Z).double()
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise ValueError(f"top must be a positive integer (rows per concept); got {top!r}.")
     matches, purity_all = [], {}
     n = Z.shape[0]
     order = torch.sort(Z, dim=0, descending=True, stable=True).indices  # (n, k)
@@ -220,10 +235,12 @@ def factor_table(
             m = int(pos.sum())
             if m == 0:
                 continue
-            hits = pos[order[:m]].double().mean(dim=0)  # (k,) R-precision of each concept
+            hits = pos[order[: min(top, m)]].double().mean(dim=0)  # (k,) precision at t
+            r_prec = pos[order[:m]].double().mean(dim=0)  # (k,) R-precision
             P[:, v] = hits
             auc = _auc(Z, pos)
-            best = int(torch.argmax(torch.nan_to_num(hits, nan=-1.0)))
+            # Best concept: highest purity, ties broken by R-precision.
+            best = int(torch.argmax(hits + 1e-6 * r_prec))
             matches.append(
                 FactorMatch(
                     factor=factor,
@@ -232,6 +249,7 @@ def factor_table(
                     purity=float(hits[best]),
                     chance=m / n,
                     auc=float(auc[best]),
+                    r_precision=float(r_prec[best]),
                     n_rows=m,
                 )
             )

