@@ -115,6 +115,11 @@ def demo_metadata(path: str | Path | None = None) -> dict:
 def load_demo_model(path: str | Path | None = None) -> torch.nn.Module:
     """Load the demo ResNet (timm ``resnet18``, 16-128 channels) from its checkpoint.
 
+    At 64 px, ``layer2`` is an 8 x 8 grid (32 channels), and ``layer3`` (64 channels) and the
+    dilated ``layer4`` (128 channels) are 4 x 4 grids; ``demo_metadata()["recommended_layer"]``
+    names the layer to extract (``layer3``: the shallowest whose cells carry shape, colour
+    and texture alike, by the probes stored in the metadata).
+
     Parameters
     ----------
     path : str or Path, optional
