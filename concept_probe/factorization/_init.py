@@ -6,6 +6,8 @@ All functions work in O(n d k) time and O(n k) memory; none forms an n x n matri
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ._kernels import GramFreeData, Moments
@@ -105,14 +107,26 @@ def kmeans(
     C = torch.empty(k, d, dtype=dt, device=dev)
     C[0] = S.A[first]
     dist = (S.A - C[0]).square().sum(dim=1)
+    # Greedy k-means++ (Arthur & Vassilvitskii 2007, as in scikit-learn): draw a few
+    # candidates in proportion to the squared distance and keep the one that lowers the
+    # potential most. A single draw per centre lands in a poor local minimum far more often.
+    n_local = 2 + int(math.log(k))
     for j in range(1, k):
         total = dist.sum()
         if float(total) <= 0:  # fewer distinct rows than clusters: pick any row
             pick = int(torch.randint(m, (1,), generator=generator, device=dev))
-        else:
-            pick = int(torch.multinomial(dist / total, 1, generator=generator))
-        C[j] = S.A[pick]
-        dist = torch.minimum(dist, (S.A - C[j]).square().sum(dim=1))
+            C[j] = S.A[pick]
+            dist = torch.minimum(dist, (S.A - C[j]).square().sum(dim=1))
+            continue
+        cand = torch.multinomial(dist / total, n_local, replacement=True, generator=generator)
+        best_pot, best_dist, best = None, None, 0
+        for c in cand.tolist():
+            new = torch.minimum(dist, (S.A - S.A[c]).square().sum(dim=1))
+            pot = float(new.sum())
+            if best_pot is None or pot < best_pot:
+                best_pot, best_dist, best = pot, new, c
+        C[j] = S.A[best]
+        dist = best_dist
 
     labels = torch.full((m,), -1, dtype=torch.int64, device=dev)
     for _ in range(max_iter):
