@@ -338,14 +338,21 @@ def _fit(args, acts):
         seed=args.seed,
     )
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
+        warnings.simplefilter("always")
         Z, _ = nmf.fit(acts.A, max_iter=args.max_iter)
-    if any(issubclass(w.category, ConvergenceWarning) for w in caught):
-        print(
-            f"note: the solver stopped at --max-iter {args.max_iter} before converging (tol "
-            f"{nmf.tol:g}); raise --max-iter for a tighter fit.",
-            file=sys.stderr,
-        )
+    for w in caught:
+        if issubclass(w.category, ConvergenceWarning):
+            print(
+                f"note: the solver stopped at --max-iter {args.max_iter} before converging "
+                f"(tol {nmf.tol:g}); raise --max-iter for a tighter fit.",
+                file=sys.stderr,
+            )
+        elif "strict_convex" in str(w.message):
+            print(
+                "note: --l1 without --strict-convex mostly rescales W instead of sparsifying "
+                "the codes; add --strict-convex.",
+                file=sys.stderr,
+            )
     return nmf, Z.detach().cpu()
 
 

@@ -96,6 +96,7 @@ def test_published_w_rule_differs_from_w_z_zt_variant():
     assert not torch.allclose(Wt.T, Wbug, rtol=1e-3)
 
 
+@pytest.mark.filterwarnings("ignore:l1_penalty=.* without strict_convex:UserWarning")
 @pytest.mark.parametrize(
     ("mixed", "init", "strict", "l1"),
     [
@@ -224,14 +225,21 @@ def test_higher_l1_penalty_gives_sparser_codes():
     A = random_data(n=300, d=20, seed=10)
     zero_frac, errors = [], []
     scale2 = float((A**2).mean()) * A.shape[1]  # the size of a row of A D^T
-    for lam in (0.0, 0.5, 2.0, 8.0):
-        nmf = ConvexNMF(8, solver="pgd", l1_penalty=lam * scale2, seed=0, tol=0)
+    for lam in (0.0, 0.05, 0.2, 0.8):
+        nmf = ConvexNMF(8, solver="pgd", l1_penalty=lam * scale2, strict_convex=True, seed=0, tol=0)
         Z, _ = nmf.fit(A, max_iter=200)
         zero_frac.append(float((Z == 0).float().mean()))
         errors.append(nmf.reconstruction_error_)
+        assert torch.allclose(nmf.W.sum(dim=1), torch.ones(8, dtype=A.dtype))
     assert zero_frac == sorted(zero_frac), zero_frac
     assert zero_frac[-1] > zero_frac[0] + 0.2, zero_frac
     assert errors[-1] > errors[0]  # sparsity costs reconstruction
+
+
+def test_l1_without_strict_convex_warns_about_the_scale():
+    A = random_data(n=100, d=10, seed=3)
+    with pytest.warns(UserWarning, match="strict_convex=True"):
+        ConvexNMF(3, solver="pgd", l1_penalty=0.1, seed=0, tol=0).fit(A, max_iter=5)
 
 
 def test_encode_new_rows_of_another_count_meets_kkt():
@@ -249,6 +257,7 @@ def test_encode_new_rows_of_another_count_meets_kkt():
     assert nmf.encode_info_.n_unsolved == 0
 
 
+@pytest.mark.filterwarnings("ignore:l1_penalty=.* without strict_convex:UserWarning")
 @pytest.mark.parametrize("l1", [0.0, 0.7])
 def test_encode_matches_exhaustive_nnls(l1):
     A = planted(n=120, d=10, k=4, mixed=True, seed=13)
@@ -260,6 +269,7 @@ def test_encode_matches_exhaustive_nnls(l1):
         torch.testing.assert_close(Z[i], z_ref, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.filterwarnings("ignore:l1_penalty=.* without strict_convex:UserWarning")
 @pytest.mark.parametrize(("solver", "l1"), [("mu", 0.0), ("pgd", 0.0), ("pgd", 0.05)])
 def test_encode_on_training_rows_is_no_worse_than_fit(solver, l1):
     A = random_data(n=400, d=24, mixed=True, seed=14).float()

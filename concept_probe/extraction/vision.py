@@ -843,7 +843,9 @@ def extract_image_activations(
     normalization : (mean, std), optional
         The normalisation the inputs went through, to un-normalise the kept images. Default:
         the ``Normalize`` found in ``transform`` (or a Dataset's ``.transform``), or the timm
-        data config; otherwise each image is min-max rescaled (if outside [0, 1]).
+        data config when this function preprocesses PIL images or files itself. An input
+        tensor is used as given, so its normalisation is unknown: pass it here (e.g. the
+        timm config's ``(mean, std)``) or each image is min-max rescaled (if outside [0, 1]).
     layout : {'nchw', 'nhwc', 'tokens'}, optional
         Layout of the layer output; default: (B, C, H, W) for 4-D, tokens (B, T, C) for 3-D.
         Use 'nhwc' for channels-last stages (e.g. timm Swin).

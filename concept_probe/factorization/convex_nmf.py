@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Any, ClassVar
 
 import torch
@@ -180,6 +181,16 @@ class ConvexNMF(DictionaryEstimator):
             raise TypeError(f"strict_convex must be True or False; got {self.strict_convex!r}.")
         return device, dtype
 
+    def _warn_unscaled_l1(self) -> None:
+        if self.l1_penalty > 0 and not self.strict_convex:
+            warnings.warn(
+                f"l1_penalty={self.l1_penalty:g} without strict_convex=True: only Z W is fixed "
+                f"by the data, so the fit can lower sum(Z) by growing W instead of zeroing "
+                f"codes. Pass strict_convex=True (rows of W sum to one) for sparser codes.",
+                UserWarning,
+                stacklevel=3,
+            )
+
     def _data(self, A) -> GramFreeData:
         device, dtype = self._validate()
         A = self._prepare_fit_input(A, device, dtype)
@@ -307,6 +318,7 @@ class ConvexNMF(DictionaryEstimator):
         t0 = time.perf_counter()
         max_iter = self._check_max_iter(max_iter)
         X = self._data(A)
+        self._warn_unscaled_l1()
         self._gen = None  # one generator per fit, from the seed
         gen = self._generator(X.A.device)
         k = self.nb_concepts
