@@ -44,9 +44,12 @@ def random_w(n: int, k: int, *, generator, dtype, device) -> torch.Tensor:
     return W.div_(W.sum(dim=1, keepdim=True))
 
 
-def _sq_dists(Ab: torch.Tensor, C: torch.Tensor, c2: torch.Tensor) -> torch.Tensor:
+def _sq_dists(
+    Ab: torch.Tensor, C: torch.Tensor, c2: torch.Tensor, a2: torch.Tensor | None = None
+) -> torch.Tensor:
     """Squared Euclidean distances (nb, k) between rows of ``Ab`` and centres ``C``."""
-    a2 = Ab.square().sum(dim=1, keepdim=True)
+    if a2 is None:
+        a2 = torch.linalg.vector_norm(Ab, dim=1, keepdim=True).square_()
     return torch.addmm(a2 + c2[None, :], Ab, C.T, alpha=-2.0).clamp_(min=0)
 
 
@@ -103,30 +106,27 @@ def kmeans(
     else:
         S = X
     m = S.n
-    first = int(torch.randint(m, (1,), generator=generator, device=dev))
-    C = torch.empty(k, d, dtype=dt, device=dev)
-    C[0] = S.A[first]
-    dist = (S.A - C[0]).square().sum(dim=1)
     # Greedy k-means++ (Arthur & Vassilvitskii 2007, as in scikit-learn): draw a few
     # candidates in proportion to the squared distance and keep the one that lowers the
     # potential most. A single draw per centre lands in a poor local minimum far more often.
+    # Distances to all candidates come from one product per step (|x|^2 - 2 x.c + |c|^2),
+    # so seeding reads the sample once per centre and allocates only (m, n_local).
     n_local = 2 + int(math.log(k))
+    x2 = torch.linalg.vector_norm(S.A, dim=1).square_()
+    first = int(torch.randint(m, (1,), generator=generator, device=dev))
+    C = torch.empty(k, d, dtype=dt, device=dev)
+    C[0] = S.A[first]
+    dist = _sq_dists(S.A, C[:1], x2[first : first + 1], a2=x2[:, None])[:, 0]
     for j in range(1, k):
         total = dist.sum()
         if float(total) <= 0:  # fewer distinct rows than clusters: pick any row
-            pick = int(torch.randint(m, (1,), generator=generator, device=dev))
-            C[j] = S.A[pick]
-            dist = torch.minimum(dist, (S.A - C[j]).square().sum(dim=1))
-            continue
-        cand = torch.multinomial(dist / total, n_local, replacement=True, generator=generator)
-        best_pot, best_dist, best = None, None, 0
-        for c in cand.tolist():
-            new = torch.minimum(dist, (S.A - S.A[c]).square().sum(dim=1))
-            pot = float(new.sum())
-            if best_pot is None or pot < best_pot:
-                best_pot, best_dist, best = pot, new, c
-        C[j] = S.A[best]
-        dist = best_dist
+            cand = torch.randint(m, (1,), generator=generator, device=dev)
+        else:
+            cand = torch.multinomial(dist / total, n_local, replacement=True, generator=generator)
+        new = torch.minimum(dist[:, None], _sq_dists(S.A, S.A[cand], x2[cand], a2=x2[:, None]))
+        best = int(new.sum(dim=0).argmin())
+        C[j] = S.A[cand[best]]
+        dist = new[:, best].contiguous()
 
     labels = torch.full((m,), -1, dtype=torch.int64, device=dev)
     for _ in range(max_iter):

@@ -78,10 +78,15 @@ class GramFreeData:
         self.A = A
         self.n, self.d = A.shape
         self.block = max(1, min(int(block), self.n))
-        self.mixed = bool((A < 0).any()) if mixed is None else mixed
+        self.mixed = False if mixed is None else mixed
         norm2 = torch.zeros((), dtype=torch.float64, device=A.device)
+        negative = torch.zeros((), dtype=torch.bool, device=A.device)
         for _, _, Ab, _ in self.blocks(need_abs=False):
             norm2 += Ab.double().square().sum() if Ab.dtype != torch.float64 else Ab.square().sum()
+            if mixed is None:
+                negative |= (Ab < 0).any()
+        if mixed is None:
+            self.mixed = bool(negative)
         self.norm2 = norm2  # ||A||_F^2 as a float64 0-d tensor (kept on the device)
 
     def blocks(

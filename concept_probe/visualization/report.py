@@ -135,14 +135,6 @@ def write_report(
     Path
         The report folder; open ``index.html`` in a browser.
     """
-    from .figures import (
-        plot_concept_overview,
-        plot_factor_purity,
-        plot_prototypes,
-        plot_top_samples,
-    )
-    from .tokens import highlight_tokens_html
-
     if not getattr(nmf, "fitted", False):
         raise ValueError("write_report needs a fitted estimator: call nmf.fit(acts.A) first.")
     W = nmf.W.detach().cpu()
@@ -166,22 +158,7 @@ def write_report(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        _build(
-            tmp,
-            nmf,
-            acts,
-            Z,
-            W,
-            D,
-            k,
-            reduce,
-            title,
-            plot_concept_overview,
-            plot_factor_purity,
-            plot_prototypes,
-            plot_top_samples,
-            highlight_tokens_html,
-        )
+        _build(tmp, nmf, acts, Z, W, D, k, reduce, title)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
             os.replace(out, old / "report")
@@ -195,22 +172,15 @@ def write_report(
     return out
 
 
-def _build(
-    tmp,
-    nmf,
-    acts,
-    Z,
-    W,
-    D,
-    k,
-    reduce,
-    title,
-    plot_concept_overview,
-    plot_factor_purity,
-    plot_prototypes,
-    plot_top_samples,
-    highlight_tokens_html,
-):
+def _build(tmp: Path, nmf, acts, Z, W, D, k: int, reduce: str, title: str | None) -> None:
+    from .figures import (
+        plot_concept_overview,
+        plot_factor_purity,
+        plot_prototypes,
+        plot_top_samples,
+    )
+    from .tokens import highlight_tokens_html
+
     n_concepts = W.shape[0]
     stats = concept_stats(Z, D, acts)
     ranked = top_samples(Z, acts, k=k, reduce=reduce)
