@@ -338,3 +338,11 @@ def test_console_script_exit_code_and_help():
         "--max-rows",
     ):
         assert flag in res.stdout
+
+
+def test_layers_subcommand_lists_the_demo_model(capsys):
+    code, out, err = _cli(capsys, "layers")
+    assert code == 0, err
+    assert "layer3 " in out and "output shape" in out
+    code, _, err = _cli(capsys, "layers", "--model", "no_such_net_xyz")
+    _assert_one_line_error(code, err, "no_such_net_xyz")
