@@ -78,6 +78,7 @@ class GramFreeData:
         self.A = A
         self.n, self.d = A.shape
         self.block = max(1, min(int(block), self.n))
+        self._abs_buf: torch.Tensor | None = None
         self.mixed = False if mixed is None else mixed
         norm2 = torch.zeros((), dtype=torch.float64, device=A.device)
         negative = torch.zeros((), dtype=torch.bool, device=A.device)
@@ -92,11 +93,21 @@ class GramFreeData:
     def blocks(
         self, need_abs: bool = True
     ) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor | None]]:
-        """Yield ``(start, stop, A[start:stop], |A[start:stop]| or None)`` row blocks."""
+        """Yield ``(start, stop, A[start:stop], |A[start:stop]| or None)`` row blocks.
+
+        ``|A|`` blocks are written into one reused buffer (a fresh block-sized allocation per
+        block costs page faults comparable to the arithmetic), so a yielded ``|A|`` block is
+        valid only until the next one is yielded.
+        """
+        want_abs = need_abs and self.mixed
+        if want_abs and self._abs_buf is None:
+            self._abs_buf = torch.empty(
+                min(self.block, self.n), self.d, dtype=self.A.dtype, device=self.A.device
+            )
         for s in range(0, self.n, self.block):
             e = min(s + self.block, self.n)
             Ab = self.A[s:e]
-            yield s, e, Ab, (Ab.abs() if (need_abs and self.mixed) else None)
+            yield s, e, Ab, (torch.abs(Ab, out=self._abs_buf[: e - s]) if want_abs else None)
 
     # -- products that factor through A --------------------------------------------------
     def wa(
