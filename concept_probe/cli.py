@@ -8,6 +8,7 @@ lists the layers of a model. Bad arguments print one line and exit with code 2.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import warnings
@@ -299,6 +300,8 @@ def _extract(args):
             "(transformers model); omit all three for the built-in demo."
         )
     _positive("--n-images", args.n_images)
+    if args.max_rows is not None:
+        raise UsageError("--max-rows is not used by the demo; lower --n-images instead.")
     from .demo import demo_activations
 
     acts = demo_activations(
@@ -309,8 +312,6 @@ def _extract(args):
         batch_size=max(args.batch_size, 100),
         progress=progress,
     )
-    if args.max_rows is not None and args.max_rows < acts.n_rows:
-        raise UsageError("--max-rows is not used by the demo; lower --n-images instead.")
     return acts
 
 
@@ -353,6 +354,8 @@ def _fit(args, acts):
                 "the codes; add --strict-convex.",
                 file=sys.stderr,
             )
+        else:
+            print(f"note: {' '.join(str(w.message).split())}", file=sys.stderr)
     return nmf, Z.detach().cpu()
 
 
@@ -390,7 +393,7 @@ def _load_fit(folder: Path, n_rows: int):
     return nmf, Z
 
 
-def _print_done(acts, nmf, out: Path, t0: float) -> None:
+def _print_done(acts, nmf, t0: float) -> None:
     print(
         f"{acts.n_rows} rows x {acts.n_features} features from {acts.n_samples} inputs; "
         f"{nmf.nb_concepts} concepts, relative error {nmf.reconstruction_error_:.3f} after "
@@ -412,8 +415,8 @@ def _cmd_run(args) -> int:
     acts.save(out / "activations.cp")
     _save_fit(nmf, Z, out / "fit")
     report = write_report(nmf, acts, Z, out / "report")
-    _print_done(acts, nmf, out, t0)
-    summary = __import__("json").loads((report / "summary.json").read_text())
+    _print_done(acts, nmf, t0)
+    summary = json.loads((report / "summary.json").read_text())
     if summary.get("factor_table"):
         rows = summary["factor_table"]
         above = sum(r["purity"] > 2 * r["chance"] for r in rows)
@@ -452,7 +455,7 @@ def _cmd_fit(args) -> int:
     acts = _load_acts(args.activations)
     nmf, Z = _fit(args, acts)
     _save_fit(nmf, Z, args.out)
-    _print_done(acts, nmf, args.out, t0)
+    _print_done(acts, nmf, t0)
     print(f"Saved the fit to {args.out}")
     return 0
 
