@@ -359,15 +359,35 @@ def _fit(args, acts):
     return nmf, Z.detach().cpu()
 
 
-def _save_fit(nmf, Z, folder: Path) -> None:
+def _fingerprint(acts) -> dict:
+    """What identifies the activations a fit belongs to (checked by 'report')."""
+    import torch
+
+    meta = acts.meta or {}
+    return {
+        "n_rows": acts.n_rows,
+        "n_features": acts.n_features,
+        "layer": meta.get("layer"),
+        "model": meta.get("model"),
+        "sum_A": round(float(acts.A.sum(dtype=torch.float64)), 6),
+    }
+
+
+def _save_fit(nmf, Z, acts, folder: Path) -> None:
     from ._io import save_tensors_atomic
 
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--out {folder} is a file; give a folder for the fit.")
     folder.mkdir(parents=True, exist_ok=True)
     nmf.save(folder / "concepts.safetensors")
-    save_tensors_atomic({"Z": Z}, folder / "codes.safetensors")
+    save_tensors_atomic(
+        {"Z": Z},
+        folder / "codes.safetensors",
+        metadata={"activations": json.dumps(_fingerprint(acts))},
+    )
 
 
-def _load_fit(folder: Path, n_rows: int):
+def _load_fit(folder: Path, acts):
     from ._io import load_tensors
     from .factorization import ConvexNMF
 
@@ -381,14 +401,31 @@ def _load_fit(folder: Path, n_rows: int):
                 f"{folder} has no {name}: is it a folder written by 'concept-probe fit'?"
             )
     nmf = ConvexNMF.load(folder / "concepts.safetensors", device="cpu")
-    tensors, _ = load_tensors(folder / "codes.safetensors")
+    tensors, meta = load_tensors(folder / "codes.safetensors")
     if "Z" not in tensors:
         raise UsageError(f"{folder / 'codes.safetensors'} holds no codes 'Z'; re-run the fit.")
     Z = tensors["Z"]
-    if Z.shape[0] != n_rows:
+    try:
+        saved = json.loads(meta.get("activations", "{}"))
+    except json.JSONDecodeError:
+        saved = {}
+    now = _fingerprint(acts)
+    differ = [
+        f"{key} {saved[key]} vs {now[key]}"
+        for key in now
+        if key in saved
+        and saved[key] != now[key]
+        and not (key == "sum_A" and abs(saved[key] - now[key]) <= 1e-6 * max(1.0, abs(now[key])))
+    ]
+    if Z.shape[0] != acts.n_rows or nmf.D.shape[1] != acts.n_features or differ:
         raise UsageError(
-            f"the fit in {folder} has codes for {Z.shape[0]} rows but the "
-            f"activations have {n_rows}: pass the activations it was fitted on."
+            f"the fit in {folder} was not made on these activations ("
+            + (
+                ", ".join(differ)
+                or f"{Z.shape[0]} x {nmf.D.shape[1]} fitted vs "
+                f"{acts.n_rows} x {acts.n_features} given"
+            )
+            + "): pass the activations it was fitted on."
         )
     return nmf, Z
 
@@ -413,7 +450,7 @@ def _cmd_run(args) -> int:
     nmf, Z = _fit(args, acts)
     out.mkdir(parents=True, exist_ok=True)
     acts.save(out / "activations.cp")
-    _save_fit(nmf, Z, out / "fit")
+    _save_fit(nmf, Z, acts, out / "fit")
     report = write_report(nmf, acts, Z, out / "report")
     _print_done(acts, nmf, t0)
     summary = json.loads((report / "summary.json").read_text())
@@ -454,7 +491,7 @@ def _cmd_fit(args) -> int:
     _check_fit_args(args)
     acts = _load_acts(args.activations)
     nmf, Z = _fit(args, acts)
-    _save_fit(nmf, Z, args.out)
+    _save_fit(nmf, Z, acts, args.out)
     _print_done(acts, nmf, t0)
     print(f"Saved the fit to {args.out}")
     return 0
@@ -465,7 +502,7 @@ def _cmd_report(args) -> int:
 
     _positive("--top", args.top)
     acts = _load_acts(args.activations)
-    nmf, Z = _load_fit(args.fit, acts.n_rows)
+    nmf, Z = _load_fit(args.fit, acts)
     report = write_report(nmf, acts, Z, args.out, k=args.top)
     print(f"Report: {(report / 'index.html').resolve()}")
     return 0

@@ -346,3 +346,23 @@ def test_layers_subcommand_lists_the_demo_model(capsys):
     assert "layer3 " in out and "output shape" in out
     code, _, err = _cli(capsys, "layers", "--model", "no_such_net_xyz")
     _assert_one_line_error(code, err, "no_such_net_xyz")
+
+
+def test_report_refuses_a_fit_made_on_other_activations(demo_run, tmp_path, capsys):
+    code, _, err = _cli(
+        capsys,
+        "extract",
+        "--n-images",
+        "60",
+        "--layer",
+        "layer4",
+        "--out",
+        tmp_path / "l4.cp",
+        "--quiet",
+    )
+    assert code == 0, err
+    code, _, err = _cli(
+        capsys, "report", tmp_path / "l4.cp", demo_run / "fit", "--out", tmp_path / "rep"
+    )
+    _assert_one_line_error(code, err, "not made on these activations")
+    assert not (tmp_path / "rep").exists()

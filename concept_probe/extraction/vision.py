@@ -752,15 +752,26 @@ class _Quota:
     max_rows: int | None
     rows_per_image: int | None
     n_total: int | None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self._bonus = None
+        if self.max_rows is not None and self.n_total:
+            # The max_rows % n_total images that keep one row more are a seeded random set,
+            # not the first ones: with fewer rows than images, taking the first images would
+            # drop whole classes of a class-sorted folder.
+            extra = self.max_rows % self.n_total
+            bonus = np.zeros(self.n_total, dtype=bool)
+            bonus[np.random.default_rng([self.seed, 7]).permutation(self.n_total)[:extra]] = True
+            self._bonus = bonus
 
     def array_range(self, s: int, e: int) -> np.ndarray:
-        idx = np.arange(s, e)
         q = np.full(e - s, np.iinfo(np.int64).max, dtype=np.int64)
         if self.rows_per_image is not None:
             q[:] = self.rows_per_image
         if self.max_rows is not None:
-            base, extra = divmod(self.max_rows, self.n_total)
-            q = np.minimum(q, base + (idx < extra))
+            base = self.max_rows // self.n_total
+            q = np.minimum(q, base + self._bonus[s:e])
         return q
 
     def array(self, n: int) -> np.ndarray:
@@ -825,8 +836,9 @@ def extract_image_activations(
         Where the forward pass runs (the model is moved there and back). Rows are moved to the
         CPU as float32 after every batch.
     max_rows : int, optional
-        Cap on the number of (patch) rows: each image keeps about ``max_rows / n_images``
-        positions, drawn without replacement (seeded per image, kept in raster order).
+        Cap on the number of (patch) rows: each image keeps ``max_rows // n_images``
+        positions, and a seeded random set of ``max_rows % n_images`` images one more,
+        drawn without replacement (seeded per image, kept in raster order).
     rows_per_image : int, optional
         Cap on the positions kept per image (same seeded draw).
     include_tokens : {'patch', 'prefix', 'all'}, default='patch'
@@ -928,7 +940,7 @@ def extract_image_activations(
             "max_rows needs the number of images up front, but this input has no len(); use "
             "rows_per_image instead."
         )
-    quota = _Quota(max_rows, rows_per_image, source.n)
+    quota = _Quota(max_rows, rows_per_image, source.n, int(seed))
     rows = _VisionRows(
         model, mode, include_tokens, layout, int(seed), quota, pre, keep_images, max_image_size
     )

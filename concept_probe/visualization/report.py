@@ -145,6 +145,11 @@ def write_report(
             f"activations have {acts.n_rows} rows: pass the activations the estimator was "
             f"fitted on (and keep W when saving it)."
         )
+    if D.shape[1] != acts.n_features:
+        raise ValueError(
+            f"The estimator's dictionary has {D.shape[1]} features but the activations have "
+            f"{acts.n_features}: pass the activations the estimator was fitted on."
+        )
     if Z is None:
         Z = nmf.encode(acts.A)
     Z = _as_codes(Z).cpu().float()
