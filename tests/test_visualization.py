@@ -236,3 +236,15 @@ def test_report_encodes_when_codes_are_omitted(tmp_path):
     nmf, _ = _fit(acts, k=2)
     out = cp.write_report(nmf, acts, None, tmp_path / "rep", k=2)
     assert (out / "summary.json").is_file()
+
+
+def test_factor_purity_figure_labels_every_value_column():
+    Z = torch.tensor([[1.0, 0.0], [1.0, 0.2], [2.0, 0.0], [1.0, 0.5]])
+    table = cp.factor_table(
+        Z, {"colour": torch.tensor([0, 0, 2, 2])}, {"colour": ["red", "green", "blue"]}, top=2
+    )
+    fig = cp.plot_factor_purity(table)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["red", "green", "blue"]
+    boxes = sorted(p.get_xy()[0] + 0.5 for p in ax.patches)
+    assert boxes == [0.0, 2.0]  # red and blue have a best concept, green (no rows) none

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 
 from .ranking import _as_codes, sample_scores
@@ -138,13 +139,15 @@ class FactorMatch:
 class FactorTable:
     """Concept-versus-factor table: one :class:`FactorMatch` per factor value.
 
-    ``purity[f]`` holds the full (n_concepts, n_values) purity matrix of factor ``f``.
+    ``purity[f]`` holds the full (n_concepts, n_values) purity matrix of factor ``f`` (a
+    value that no row carries has a NaN column) and ``values[f]`` the names of its columns.
     Purity is precision at ``t``: of a concept's ``t`` strongest rows, the fraction that
     carry the value.
     """
 
     matches: list[FactorMatch]
     purity: dict[str, torch.Tensor] = field(default_factory=dict)
+    values: dict[str, list[str]] = field(default_factory=dict)
 
     def to_rows(self) -> list[dict]:
         """Plain dicts (JSON-ready), one per factor value."""
@@ -215,11 +218,13 @@ def factor_table(
     FactorTable
     """
     Z = _as_codes(Z).double()
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
         raise ValueError(f"top must be a positive integer (rows per concept); got {top!r}.")
-    matches, purity_all = [], {}
+    top = int(top)
+    matches, purity_all, values_all = [], {}, {}
     n = Z.shape[0]
-    order = torch.sort(Z, dim=0, descending=True, stable=True).indices  # (n, k)
+    ranked = torch.sort(Z, dim=0, descending=True).values  # (n, k)
+    alive = ranked[0] > 0 if n else torch.zeros(Z.shape[1], dtype=torch.bool)
     for factor, lab in labels.items():
         lab = torch.as_tensor(lab).to(Z.device).long()
         if lab.shape != (n,):
@@ -235,12 +240,14 @@ def factor_table(
             m = int(pos.sum())
             if m == 0:
                 continue
-            hits = pos[order[: min(top, m)]].double().mean(dim=0)  # (k,) precision at t
-            r_prec = pos[order[:m]].double().mean(dim=0)  # (k,) R-precision
+            hits = _precision_at(Z, ranked, pos, min(top, m))  # (k,) precision at t
+            r_prec = _precision_at(Z, ranked, pos, m)  # (k,) R-precision
             P[:, v] = hits
             auc = _auc(Z, pos)
-            # Best concept: highest purity, ties broken by R-precision.
-            best = int(torch.argmax(hits + 1e-6 * r_prec))
+            # Best concept: highest purity, ties broken by R-precision; a concept that never
+            # fires (all codes zero) only scores chance and is never named.
+            score = torch.where(alive, hits + 1e-6 * r_prec, torch.full_like(hits, -1.0))
+            best = int(torch.argmax(score))
             matches.append(
                 FactorMatch(
                     factor=factor,
@@ -254,4 +261,23 @@ def factor_table(
                 )
             )
         purity_all[factor] = P
-    return FactorTable(matches=matches, purity=purity_all)
+        values_all[factor] = list(names)
+    return FactorTable(matches=matches, purity=purity_all, values=values_all)
+
+
+def _precision_at(Z: torch.Tensor, ranked: torch.Tensor, pos: torch.Tensor, t: int):
+    """Fraction of each concept's ``t`` strongest rows that are positive, ties averaged.
+
+    Rows tied with the ``t``-th strongest code count by their expected share under a random
+    order of the tie, so the result does not depend on row order; a concept that is zero
+    everywhere scores the positives' share of the rows (chance), not whatever rows come first.
+    """
+    cut = ranked[t - 1]  # (k,)
+    above = Z > cut
+    tied = Z == cut
+    posd = pos[:, None].double()
+    n_above = above.sum(dim=0).double()
+    hits_above = (above * posd).sum(dim=0)
+    n_tied = tied.sum(dim=0).double()
+    hits_tied = (tied * posd).sum(dim=0)
+    return (hits_above + (t - n_above) * hits_tied / n_tied.clamp(min=1)) / t

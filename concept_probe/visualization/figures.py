@@ -351,11 +351,13 @@ def plot_factor_purity(table, *, tile: float = 0.35):
     for ax, f in zip(axes, factors, strict=True):
         P = as_numpy(table.purity[f])
         im = ax.imshow(np.nan_to_num(P, nan=0.0), vmin=0, vmax=1, cmap="viridis", aspect="auto")
-        values = [m.value for m in table.matches if m.factor == f]
+        values = list(table.values.get(f) or [str(v) for v in range(P.shape[1])])
         ax.set_xticks(range(len(values)), values, rotation=60, fontsize=7)
         ax.set_yticks(range(n_concepts), [str(c) for c in range(n_concepts)], fontsize=6)
         ax.set_title(f, fontsize=8)
         for v, value in enumerate(values):
+            if value not in names.get(f, {}):
+                continue  # no row carries this value: its column stays empty
             c = names[f][value]
             ax.add_patch(
                 Rectangle((v - 0.5, c - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5)
