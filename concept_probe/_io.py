@@ -11,6 +11,17 @@ import torch
 from .errors import CorruptFileError
 
 
+def default_mode(directory: bool = False) -> int:
+    """Permissions a plain ``open``/``mkdir`` would give under the current umask.
+
+    ``tempfile.mkstemp``/``mkdtemp`` create owner-only entries (0600/0700), and a rename keeps
+    them; files meant to be shared (reports, fits) are chmod-ed to this before the rename.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 def save_tensors_atomic(
     tensors: dict[str, torch.Tensor],
     path: str | os.PathLike,
@@ -31,6 +42,7 @@ def save_tensors_atomic(
             tmp,
             metadata=metadata,
         )
+        os.chmod(tmp, default_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -60,6 +60,11 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             f"device={device!r} was requested but the MPS backend is not available here; "
             f"use device='cpu'."
         )
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(
+            f"device={device!r} is not supported: concept_probe runs on 'cpu', 'cuda' "
+            f"(or 'cuda:N') and 'mps'."
+        )
     return dev
 
 

@@ -249,15 +249,29 @@ def _extract(args):
     progress = not args.quiet
     _positive("--batch-size", args.batch_size)
     _positive("--max-rows", args.max_rows, allow_none=True)
+    from ._torch_utils import resolve_device
+
+    resolve_device(args.device)  # fail before loading anything
     if args.texts is not None:
         if not args.model:
             raise UsageError("--texts needs --model (a transformers model folder or hub id).")
+        for flag, used in (
+            ("--checkpoint", args.checkpoint is not None),
+            ("--pretrained", args.pretrained),
+            ("--max-rows", args.max_rows is not None),
+            ("--mode pooled", args.mode != "spatial"),
+        ):
+            if used:
+                raise UsageError(
+                    f"{flag} applies to images only; with --texts, --model is a transformers "
+                    f"model folder or hub id (its own weights) and every token is a row."
+                )
         if not args.texts.is_file():
             raise UsageError(f"--texts {args.texts}: no such file.")
         if not args.layer:
             raise UsageError(
-                "--texts needs --layer (e.g. encoder.layer.3); list the names with "
-                "'concept-probe layers'."
+                "--texts needs --layer (e.g. encoder.layer.3, a name from "
+                "model.named_modules(); see concept_probe.list_layers)."
             )
         from .extraction import extract_text_activations, load_text_model
 
@@ -302,6 +316,13 @@ def _extract(args):
     _positive("--n-images", args.n_images)
     if args.max_rows is not None:
         raise UsageError("--max-rows is not used by the demo; lower --n-images instead.")
+    if args.mode != "spatial":
+        raise UsageError(
+            "the demo extracts spatial rows (its report needs them); --mode pooled applies "
+            "to --images."
+        )
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0; got {args.seed}.")
     from .demo import demo_activations
 
     acts = demo_activations(
@@ -309,7 +330,7 @@ def _extract(args):
         seed=args.seed,
         layer=args.layer,
         device=args.device,
-        batch_size=max(args.batch_size, 100),
+        batch_size=args.batch_size,
         progress=progress,
     )
     return acts
@@ -511,10 +532,12 @@ def _cmd_report(args) -> int:
 def _cmd_layers(args) -> int:
     from .extraction import list_layers
 
+    _positive("--size", args.size, allow_none=True)
     if args.model:
         args.pretrained = False
         model = _load_vision(args, warn_random=False)
-        size = args.size or int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        size = args.size or int(cfg.get("input_size", (3, 224, 224))[-1])
     else:
         from .zoo import demo_metadata, load_demo_model
 
@@ -522,7 +545,16 @@ def _cmd_layers(args) -> int:
         size = args.size or int(demo_metadata()["data_config"]["input_size"][-1])
     import torch
 
-    print(list_layers(model, torch.zeros(1, 3, size, size)))
+    try:
+        table = list_layers(model, torch.zeros(1, 3, size, size))
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        print(
+            f"note: a {size} px input failed ({' '.join(str(exc).split())[:120]}); "
+            f"listing names without output shapes (choose a size with --size).",
+            file=sys.stderr,
+        )
+        table = list_layers(model)
+    print(table)
     return 0
 
 

@@ -303,6 +303,14 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, photo_folder, resn
             "no such file",
         ),
         (["--bogus"], "unrecognized"),
+        (["run", "--mode", "pooled"], "--mode pooled"),
+        (["run", "--device", "xpu"], "xpu"),
+        (["run", "--seed", "-5"], "--seed"),
+        (
+            ["run", "--texts", tmp_path / "t.txt", "--model", "x", "--max-rows", "5"],
+            "--max-rows applies to images only",
+        ),
+        (["layers", "--size", "-3"], "--size"),
     ]
     for argv, needle in cases:
         code, _, err = _cli(capsys, *argv)

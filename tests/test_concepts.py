@@ -146,3 +146,10 @@ def test_factor_table_ties_do_not_depend_on_row_order():
     )
     assert table.values["colour"] == ["red", "green", "blue"]
     assert torch.isnan(table.purity["colour"][:, 1]).all()  # no green rows
+
+
+def test_numpy_integers_are_accepted(Z):
+    idx = cp.top_samples(Z, concept=np.int64(2), k=np.int64(3)).indices
+    assert idx.tolist() == cp.top_samples(Z, concept=2, k=3).indices.tolist()
+    W = torch.rand(4, 10, generator=torch.Generator().manual_seed(1))
+    assert cp.concept_prototypes(W, concept=np.int32(1), k=2).rows.numel() == 2

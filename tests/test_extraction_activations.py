@@ -162,6 +162,9 @@ def test_subset_keeps_sample_indices_and_per_sample_data():
     )
     with pytest.raises(IndexError):
         acts.subset(torch.tensor([3]))
+    # A plain list of bools is a mask too, as is a numpy one.
+    assert acts.subset([False, True, True]).tokens == ["cd", "efg"]
+    assert acts.subset(np.array([True, False, True])).tokens == acts.subset([0, 2]).tokens
 
 
 def test_with_factors_from_grid_cells_and_rows():

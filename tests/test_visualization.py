@@ -248,3 +248,31 @@ def test_factor_purity_figure_labels_every_value_column():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["red", "green", "blue"]
     boxes = sorted(p.get_xy()[0] + 0.5 for p in ax.patches)
     assert boxes == [0.0, 2.0]  # red and blue have a best concept, green (no rows) none
+
+
+def test_report_and_fit_files_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    acts = _spatial_acts()
+    nmf, Z = _fit(acts, k=2)
+    mask = os.umask(0o022)
+    try:
+        out = cp.write_report(nmf, acts, Z, tmp_path / "rep", k=2)
+        saved = nmf.save(tmp_path / "fit.safetensors")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o644
+    assert stat.S_IMODE((out / "index.html").stat().st_mode) == 0o644
+
+
+def test_report_without_images_lists_the_rankings(tmp_path):
+    base = _spatial_acts()
+    acts = base.replace(images=None, meta=None)
+    nmf, Z = _fit(acts, k=2)
+    out = cp.write_report(nmf, acts, Z, tmp_path / "rep", k=3)
+    index = (out / "index.html").read_text()
+    assert "hold no input images" in index and "img0.png" in index
+    assert sorted(p.name for p in out.glob("*.png")) == ["overview.png"]
+    assert json.loads((out / "summary.json").read_text())["title"] == "concept_probe report"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -20,8 +21,6 @@ __all__ = [
 
 def _as_codes(Z, name: str = "Z") -> torch.Tensor:
     if not isinstance(Z, torch.Tensor):
-        import numpy as np
-
         if not isinstance(Z, np.ndarray):
             raise TypeError(
                 f"{name} must be a torch.Tensor or numpy.ndarray; got {type(Z).__name__}."
@@ -35,16 +34,20 @@ def _as_codes(Z, name: str = "Z") -> torch.Tensor:
 def _check_concept(concept: int | None, k: int) -> None:
     if concept is None:
         return
-    if isinstance(concept, bool) or not isinstance(concept, int) or not 0 <= concept < k:
+    if (
+        isinstance(concept, bool)
+        or not isinstance(concept, (int, np.integer))
+        or not 0 <= concept < k
+    ):
         raise ValueError(
             f"concept must be an integer in [0, {k - 1}] (there are {k} concepts); got {concept!r}."
         )
 
 
 def _check_k(k: int, available: int, what: str) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive integer (how many {what} to return); got {k!r}.")
-    return min(k, available)
+    return min(int(k), available)
 
 
 def sample_scores(Z, acts=None, reduce: str = "max") -> torch.Tensor:
@@ -138,7 +141,7 @@ def top_samples(
     _check_concept(concept, S.shape[1])
     k = _check_k(k, S.shape[0], "samples")
     if concept is not None:
-        return TopSamples(*_top(S[:, concept], k))
+        return TopSamples(*_top(S[:, int(concept)], k))
     return TopSamples(*_top(S.T.contiguous(), k))
 
 
@@ -202,6 +205,7 @@ def concept_prototypes(W, acts=None, concept: int = 0, k: int = 9) -> ConceptPro
             f"columns are the training rows, so pass the activations the model was fitted on."
         )
     k = _check_k(k, W.shape[1], "rows")
+    concept = int(concept)
     rows, weights = _top(W[concept], k)
     total = W[concept].sum()
     share = weights / total if float(total) > 0 else torch.zeros_like(weights)

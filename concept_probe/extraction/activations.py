@@ -494,7 +494,9 @@ class Activations:
         elif isinstance(rows, slice):
             rows = torch.arange(self.n_rows)[rows]
         elif not isinstance(rows, torch.Tensor):
-            rows = torch.as_tensor(list(rows), dtype=torch.int64)
+            items = list(rows)
+            is_mask = bool(items) and all(isinstance(r, (bool, np.bool_)) for r in items)
+            rows = torch.as_tensor(items, dtype=torch.bool if is_mask else torch.int64)
         rows = rows.cpu()
         if rows.dtype == torch.bool:
             if rows.shape != (self.n_rows,):

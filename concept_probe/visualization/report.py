@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .._io import default_mode
 from ..concepts import concept_prototypes, concept_stats, factor_table, top_samples
 from ..concepts.ranking import _as_codes
 from ._common import short_id
@@ -164,6 +165,7 @@ def write_report(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         _build(tmp, nmf, acts, Z, W, D, k, reduce, title)
+        os.chmod(tmp, default_mode(directory=True))  # mkdtemp makes it owner-only
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
             os.replace(out, old / "report")
@@ -193,12 +195,8 @@ def _build(tmp: Path, nmf, acts, Z, W, D, k: int, reduce: str, title: str | None
         range(n_concepts), key=lambda c: -(stats[c].share if math.isfinite(stats[c].share) else 0)
     )
     meta = dict(getattr(acts, "meta", None) or {})
-    title = (
-        title
-        or "Concepts of "
-        + " / ".join(str(meta[key]) for key in ("model", "layer") if meta.get(key))
-        or "concept_probe report"
-    )
+    source = " / ".join(str(meta[key]) for key in ("model", "layer") if meta.get(key))
+    title = title or (f"Concepts of {source}" if source else "concept_probe report")
 
     table = None
     if getattr(acts, "factors", None):
@@ -301,7 +299,14 @@ def _build(tmp: Path, nmf, acts, Z, W, D, k: int, reduce: str, title: str | None
             f"<td>{_fmt(s.mean_code)}</td><td>{_fmt(s.max_code)}</td></tr></table>"
             + (f"<p>Tracks:{tag}</p>" if tag else "")
         )
-        if acts.kind == "text":
+        drawable = (
+            acts.texts is not None and acts.char_spans is not None
+            if acts.kind == "text"
+            else acts.images is not None
+        )
+        if not drawable:
+            parts += _table_fallback(acts, tops, protos)
+        elif acts.kind == "text":
             parts.append("<h3>Top-activating texts (by Z)</h3>")
             for t in tops:
                 parts.append(
@@ -364,3 +369,29 @@ def _token_context(acts, row: int, sample: int, context: int = 6) -> str:
     if acts.sample_ids:
         text += f" <span class='meta'>({html.escape(short_id(acts.sample_ids[sample]))})</span>"
     return text
+
+
+def _table_fallback(acts, tops: list[dict], protos: list[dict]) -> list[str]:
+    """Tables of ids, scores and positions, for activations kept without images or texts."""
+    ids = acts.sample_ids or [str(i) for i in range(acts.n_samples)]
+    out = [
+        "<p class='meta'>These activations hold no input images or texts to draw (extract with "
+        "keep_images=True to see them); the rankings are listed instead.</p>",
+        "<h3>Top-activating samples (by Z)</h3><table><tr><th class='l'>sample</th>"
+        "<th>score</th></tr>",
+    ]
+    out += [
+        f"<tr><td class='l'>{html.escape(ids[t['sample']])}</td><td>{t['score']:.4g}</td></tr>"
+        for t in tops
+    ]
+    out.append(
+        "</table><h3>What makes it up (largest weights in W)</h3><table><tr><th>share</th>"
+        "<th class='l'>sample</th><th>position</th></tr>"
+    )
+    out += [
+        f"<tr><td>{100 * p['share']:.1f}%</td><td class='l'>{html.escape(ids[p['sample']])}</td>"
+        f"<td>{html.escape(str(p['position']) if p['position'] is not None else '')}</td></tr>"
+        for p in protos
+    ]
+    out.append("</table>")
+    return out
