@@ -74,6 +74,16 @@ def _metadata(path: str, mtime_ns: int, size: int) -> dict:
     return read_metadata(path)
 
 
+def _existing_checkpoint(path: str | Path | None) -> Path:
+    p = Path(path) if path is not None else demo_checkpoint_path()
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"No demo checkpoint at {p}. Rebuild it with `python -m concept_probe.zoo.train "
+            f"--out {p}` (or reinstall concept-probe, which ships it)."
+        )
+    return p
+
+
 def demo_metadata(path: str | Path | None = None) -> dict:
     """Metadata of the demo checkpoint (a fresh copy each call; the file is read once).
 
@@ -102,12 +112,7 @@ def demo_metadata(path: str | Path | None = None) -> dict:
     """
     import copy
 
-    p = Path(path) if path is not None else demo_checkpoint_path()
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"No demo checkpoint at {p}. Rebuild it with `python -m concept_probe.zoo.train "
-            f"--out {p}` (or reinstall concept-probe, which ships it)."
-        )
+    p = _existing_checkpoint(path)
     st = p.stat()
     return copy.deepcopy(_metadata(str(p), st.st_mtime_ns, st.st_size))
 
@@ -143,11 +148,6 @@ def load_demo_model(path: str | Path | None = None) -> torch.nn.Module:
     """
     from .model import read_checkpoint
 
-    p = Path(path) if path is not None else demo_checkpoint_path()
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"No demo checkpoint at {p}. Rebuild it with `python -m concept_probe.zoo.train "
-            f"--out {p}` (or reinstall concept-probe, which ships it)."
-        )
+    p = _existing_checkpoint(path)
     model, _ = read_checkpoint(p)
     return model

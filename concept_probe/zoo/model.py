@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -155,27 +154,14 @@ def write_checkpoint(model: torch.nn.Module, path: str | os.PathLike, metadata: 
     Path
         The written file.
     """
-    from safetensors.torch import save_file
+    from .._io import save_tensors_atomic
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     header = {
         METADATA_KEY: json.dumps(metadata, sort_keys=True),
         CHECKSUM_KEY: _tensors_sha256(tensors),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        umask = os.umask(0)  # mkstemp makes the file private; give it the usual mode
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    path = save_tensors_atomic(tensors, path, metadata=header)
     return path
 
 
