@@ -25,6 +25,7 @@ from .errors import (
     LayerNotFoundError,
     NotFittedError,
 )
+from .explain import ConceptExplainer, ConceptImportance
 from .extraction import (
     Activations,
     capture_layers,
@@ -50,6 +51,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Activations",
+    "ConceptExplainer",
+    "ConceptImportance",
     "ConceptProbeError",
     "ConceptPrototypes",
     "ConceptStats",

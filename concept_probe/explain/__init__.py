@@ -1,0 +1,24 @@
+"""Explain a model with its concepts: splice them back in, rank them, check faithfulness.
+
+Everything here needs the model (``factorization`` never sees one): one forward hook at the
+fitted layer replaces the layer's output with the concepts' reconstruction
+(:class:`ConceptExplainer`), and importance, faithfulness, deletion / insertion curves,
+attribution maps and per-class concept banks are all functions of that splice.
+"""
+
+from __future__ import annotations
+
+from .importance import ConceptImportance, jansen_total_indices, sobol_design
+from .splice import ConceptExplainer
+from .targets import Target, class_names_of, model_logits, resolve_targets
+
+__all__ = [
+    "ConceptExplainer",
+    "ConceptImportance",
+    "Target",
+    "class_names_of",
+    "jansen_total_indices",
+    "model_logits",
+    "resolve_targets",
+    "sobol_design",
+]

@@ -1,0 +1,717 @@
+"""The splice: put (perturbed) concept codes back into the model at the fitted layer.
+
+One forward hook at the layer the activations came from replaces the layer's output with
+the reconstruction ``A' = Z' D`` at every position that has a row in the
+:class:`~concept_probe.extraction.Activations` (feature-map cells, ViT patch tokens, text
+tokens), or with ``A + (Z' - Z) D`` when the residual ``A - Z D`` is kept. Positions without
+a row (ViT class/register tokens, special and padding tokens of a text batch, positions
+dropped by ``max_rows``) keep the model's own values. The rest of the network runs unchanged.
+
+Keeping the residual (the default) means the spliced model with unperturbed codes *is* the
+model (bitwise: the hook adds an exact zero), so any change of the output is caused by the
+change of the codes alone, not by the reconstruction error of the factorisation. Without the
+residual the model runs on the concepts only; :meth:`ConceptExplainer.faithfulness` measures
+how far that is from the model.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._torch_utils import resolve_device
+from ..extraction.activations import Activations
+from ..extraction.hooks import _first_tensor, resolve_layers
+from .targets import Target, class_names_of, evaluate_targets, model_logits, resolve_targets
+
+__all__ = ["ConceptExplainer"]
+
+# Relative Frobenius error above which the layer output on the inputs given is judged not to
+# be the activations the fit was made on (other inputs, order, preprocessing or weights).
+# Float noise across devices / TF32 stays far below; another input is of order 1.
+_MATCH_TOL = 2e-2
+
+
+@dataclass
+class _Layout:
+    """How rows of the activations map to the layer output of a batch."""
+
+    kind: str  # 'spatial', 'pooled', 'text'
+    layout: str  # 'nchw', 'nhwc', 'tokens', 'flat', 'text'
+    grid: tuple[int, int] | None
+    n_prefix: int
+    n_features: int
+    include: str  # 'patch', 'prefix', 'all' (ViT tokens)
+
+    @classmethod
+    def of(cls, acts: Activations) -> _Layout:
+        meta = acts.meta or {}
+        if acts.kind == "text":
+            return cls("text", "text", None, 0, acts.n_features, "patch")
+        layout = meta.get("layout")
+        if layout is None:
+            layout = {"spatial": "nchw", "pooled": "flat"}[acts.kind]
+        if layout not in ("nchw", "nhwc", "tokens", "flat"):
+            raise ValueError(f"activations record an unknown layout {layout!r}.")
+        grid = tuple(meta["grid"]) if meta.get("grid") else acts.grid
+        return cls(
+            acts.kind,
+            layout,
+            grid,
+            int(meta.get("n_prefix_tokens", 0) or 0),
+            acts.n_features,
+            str(meta.get("include_tokens", "patch")),
+        )
+
+    def slots(self, position: torch.Tensor | None) -> torch.Tensor | None:
+        """Index of each row in the (batch, L, C) flat view of the layer output."""
+        if self.kind == "pooled":
+            return None
+        if self.kind == "text":
+            return position.long()
+        y, x = position[:, 0].long(), position[:, 1].long()
+        w = self.grid[1]
+        flat = y * w + x
+        if self.layout == "tokens":
+            return torch.where(y >= 0, self.n_prefix + flat, x)
+        return flat
+
+    def flat_view(self, out: torch.Tensor) -> torch.Tensor:
+        """(batch, L, C) view of the output; L = positions (maps) or tokens."""
+        if self.layout == "nchw":
+            b, c, h, w = out.shape
+            return out.permute(0, 2, 3, 1).reshape(b, h * w, c)
+        if self.layout == "nhwc":
+            b, h, w, c = out.shape
+            return out.reshape(b, h * w, c)
+        if self.layout == "flat":
+            return out.unsqueeze(1)
+        return out
+
+    def unflat(self, flat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        if self.layout == "nchw":
+            b, c, h, w = like.shape
+            return flat.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
+        if self.layout == "nhwc" or self.layout == "flat":
+            return flat.reshape(like.shape)
+        return flat
+
+    def check(self, out: torch.Tensor, layer: str, batch: int) -> None:
+        """Refuse a layer output that does not have the shape the activations were read from."""
+        shape = tuple(out.shape)
+        want = {"nchw": 4, "nhwc": 4, "tokens": 3, "flat": 2, "text": 3}[self.layout]
+        ok = out.ndim == want and shape[0] == batch
+        if ok and self.layout == "nchw":
+            ok = shape[1] == self.n_features and (
+                self.grid is None or tuple(shape[2:]) == self.grid
+            )
+        elif ok and self.layout == "nhwc":
+            ok = shape[3] == self.n_features and (
+                self.grid is None or tuple(shape[1:3]) == self.grid
+            )
+        elif ok and self.layout == "tokens":
+            expected = self.n_prefix + (self.grid[0] * self.grid[1] if self.grid else 0)
+            ok = shape[2] == self.n_features and (self.grid is None or shape[1] == expected)
+        elif ok:
+            ok = shape[-1] == self.n_features
+        if not ok:
+            grid = f" on a {self.grid[0]} x {self.grid[1]} grid" if self.grid else ""
+            raise ValueError(
+                f"layer {layer!r} output has shape {shape}, but the activations were read as "
+                f"{self.layout} with {self.n_features} features{grid}: the inputs have another "
+                f"size than the ones extracted (or another model). Give the inputs "
+                f"preprocessed exactly as for extraction."
+            )
+
+
+@contextmanager
+def _splice_hook(model: nn.Module, layer: str, fn: Callable) -> Iterator[None]:
+    """Register ``fn(output_tensor) -> new_tensor`` as a forward hook on ``layer``, scoped.
+
+    Tuple / mapping outputs get their first tensor replaced. Every module's ``training``
+    flag is restored and the hook removed on exit, also after an error.
+    """
+    module = resolve_layers(model, layer)[layer]
+    modes = {m: m.training for m in model.modules()}
+
+    def hook(mod, inputs, output):
+        tensor = _first_tensor(output, layer)
+        new = fn(tensor)
+        if isinstance(output, torch.Tensor):
+            return new
+        if isinstance(output, tuple):
+            i = next(i for i, v in enumerate(output) if v is tensor)
+            return (*output[:i], new, *output[i + 1 :])
+        if isinstance(output, list):
+            i = next(i for i, v in enumerate(output) if v is tensor)
+            return [*output[:i], new, *output[i + 1 :]]
+        if isinstance(output, Mapping):
+            key = next(k for k, v in output.items() if v is tensor)
+            output[key] = new
+            return output
+        raise TypeError(f"cannot splice into {type(output).__name__} output of {layer!r}.")
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+        for m, training in modes.items():
+            m.training = training
+
+
+class _Inputs:
+    """Model inputs by sample index: a tensor of images, or texts through a tokenizer."""
+
+    def __init__(self, inputs: Any, acts: Activations, tokenizer: Any, device: torch.device):
+        self.device = device
+        self.tokenizer = tokenizer
+        if acts.kind == "text":
+            if tokenizer is None:
+                raise ValueError(
+                    "these are text activations: pass tokenizer=... (the one used to extract) "
+                    "so that the texts can be run through the model again."
+                )
+            texts = acts.texts if inputs is None else inputs
+            if texts is None:
+                raise ValueError("pass inputs=the texts the activations were extracted from.")
+            if isinstance(texts, str) or not isinstance(texts, Sequence):
+                raise TypeError(f"inputs must be a list of texts; got {type(texts).__name__}.")
+            self.texts = list(texts)
+            if len(self.texts) != acts.n_samples:
+                raise ValueError(
+                    f"inputs has {len(self.texts)} texts but the activations come from "
+                    f"{acts.n_samples}; pass the same texts, in the same order."
+                )
+            if acts.texts is not None and list(acts.texts) != self.texts:
+                raise ValueError(
+                    "inputs are not the texts the activations were extracted from (they differ "
+                    "from acts.texts); pass the same texts, in the same order."
+                )
+            self.max_length = int((acts.meta or {}).get("max_length", 512))
+            self.n = len(self.texts)
+            self.hw = None
+            return
+        if inputs is None:
+            raise ValueError(
+                "pass inputs=the model inputs the activations were extracted from, a tensor "
+                "of shape (n_samples, C, H, W) preprocessed as for the model."
+            )
+        if isinstance(inputs, np.ndarray):
+            inputs = torch.from_numpy(inputs)
+        if not isinstance(inputs, torch.Tensor):
+            raise TypeError(
+                f"inputs must be a tensor of shape (n_samples, C, H, W) (images preprocessed for "
+                f"the model); got {type(inputs).__name__}."
+            )
+        if not inputs.is_floating_point():
+            raise TypeError(
+                f"inputs must be floating-point (preprocessed, normalised images); got dtype "
+                f"{inputs.dtype}."
+            )
+        if inputs.shape[0] != acts.n_samples:
+            raise ValueError(
+                f"inputs holds {inputs.shape[0]} samples but the activations come from "
+                f"{acts.n_samples}; pass the same inputs, in the same order."
+            )
+        size = (acts.meta or {}).get("input_size")
+        if size is not None and inputs.ndim == 4 and list(inputs.shape[-2:]) != list(size):
+            raise ValueError(
+                f"inputs are {inputs.shape[-2]} x {inputs.shape[-1]} images but the activations "
+                f"were extracted from {size[0]} x {size[1]} ones; resize them the same way."
+            )
+        self.x = inputs.detach()
+        self.n = int(inputs.shape[0])
+        self.hw = tuple(inputs.shape[-2:]) if inputs.ndim == 4 else None
+
+    def batch(self, samples: Sequence[int]) -> Any:
+        if hasattr(self, "x"):
+            idx = torch.as_tensor(list(samples), dtype=torch.long)
+            return self.x[idx].to(self.device)
+        from ..extraction.text import _accepted_inputs, _padding_ready
+
+        uniq = sorted(set(samples))
+        with _padding_ready(self.tokenizer):
+            enc = self.tokenizer(
+                [self.texts[i] for i in uniq],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
+        where = {s: j for j, s in enumerate(uniq)}
+        pick = torch.as_tensor([where[s] for s in samples], dtype=torch.long)
+        accepted = _accepted_inputs(self.model) if hasattr(self, "model") else None
+        return {
+            k: v[pick].to(self.device)
+            for k, v in enc.items()
+            if k in ("input_ids", "attention_mask", "token_type_ids")
+            and (accepted is None or k in accepted)
+        }
+
+
+def _as_dictionary(concepts: Any) -> torch.Tensor:
+    if isinstance(concepts, torch.Tensor):
+        D = concepts
+    elif isinstance(concepts, np.ndarray):
+        D = torch.from_numpy(concepts)
+    else:
+        D = getattr(concepts, "D", None)
+        if not isinstance(D, torch.Tensor):
+            raise TypeError(
+                f"concepts must be a fitted ConvexNMF / SemiNMF or a dictionary D of shape "
+                f"(k, d); got {type(concepts).__name__}."
+            )
+        if D.numel() == 0:
+            from ..errors import NotFittedError
+
+            raise NotFittedError(
+                f"{type(concepts).__name__} is not fitted; call fit(acts.A) before explaining."
+            )
+    if D.ndim != 2:
+        raise ValueError(f"the dictionary D must have shape (k, d); got {tuple(D.shape)}.")
+    return D.detach()
+
+
+class ConceptExplainer:
+    """Explain a model's outputs with the concepts found at one of its layers.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model the activations were extracted from, in eval mode.
+    concepts : ConvexNMF, SemiNMF or Tensor of shape (k, d)
+        The fitted estimator (its dictionary ``D``) or ``D`` itself.
+    acts : Activations
+        The activations the concepts were fitted on (or encoded from); their ``meta`` names
+        the layer (``meta['layer']``) and their provenance says where each row goes back.
+    Z : Tensor of shape (n_rows, k), optional
+        Codes of ``acts``' rows (what ``fit`` returned); by default ``concepts.encode(acts.A)``.
+    inputs : Tensor of shape (n_samples, C, H, W), or list of str, optional
+        The model inputs the activations came from, in the same order (images preprocessed
+        for the model; texts for text activations, default ``acts.texts``).
+    tokenizer : transformers tokenizer, optional
+        Text activations only: the tokenizer used to extract them.
+    residual : bool, default=True
+        Keep the residual ``A - Z D`` in the splice (see the module docstring): unperturbed
+        codes then give exactly the model's own output.
+    class_names : list of str, optional
+        Names of the model's classes, for ``target='name'`` (default: the model's own
+        ``pretrained_cfg['label_names']`` or ``config.id2label``).
+    batch_size : int, default=64
+        Inputs per forward pass (perturbed copies of one input count one each).
+    device : str or torch.device, optional
+        Where the model runs; by default the device of the dictionary (the fit's device).
+    progress : bool, default=True
+        Show a progress bar (tqdm).
+
+    Raises
+    ------
+    ValueError
+        If the model is in training mode, the layer is unknown, the shapes disagree, or
+        ``acts.meta`` says the activations come from another model or layer.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from concept_probe import ConvexNMF, extract_image_activations
+    >>> from concept_probe.explain import ConceptExplainer
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+    ...                     nn.Flatten(), nn.Linear(8, 2)).eval()
+    >>> x = torch.randn(6, 3, 8, 8)
+    >>> acts = extract_image_activations(net, "1", x, progress=False)
+    >>> nmf = ConvexNMF(3, seed=0, tol=1e-2)
+    >>> Z, D = nmf.fit(acts.A, max_iter=500)
+    >>> ex = ConceptExplainer(net, nmf, acts, Z, inputs=x, progress=False)
+    >>> torch.equal(ex.outputs(), net(x))     # unperturbed codes + residual: the model itself
+    True
+    >>> ex.importance(0, method="gradient").values.shape    # (n_samples, n_targets, k)
+    torch.Size([6, 1, 3])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        concepts: Any,
+        acts: Activations,
+        Z: torch.Tensor | None = None,
+        *,
+        inputs: Any = None,
+        tokenizer: Any = None,
+        residual: bool = True,
+        class_names: Sequence[str] | None = None,
+        batch_size: int = 64,
+        device: str | torch.device | None = None,
+        progress: bool = True,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
+        if model.training:
+            raise ValueError(
+                f"{type(model).__name__} is in training mode (dropout on, batch-norm statistics "
+                f"updating), so its outputs are not the ones to explain; call model.eval() "
+                f"first."
+            )
+        if not isinstance(acts, Activations):
+            raise TypeError(f"acts must be an Activations; got {type(acts).__name__}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+        meta = acts.meta or {}
+        layer = meta.get("layer")
+        if not layer:
+            raise ValueError(
+                "acts.meta has no 'layer': these activations do not say which layer they came "
+                "from, so the concepts cannot be put back; extract them with concept_probe."
+            )
+        recorded = meta.get("model_class")
+        if recorded and recorded != type(model).__name__:
+            raise ValueError(
+                f"the activations were extracted from a {recorded} (model {meta.get('model')!r}) "
+                f"but the model given is a {type(model).__name__}; pass the model they came "
+                f"from."
+            )
+        resolve_layers(model, layer)
+        D = _as_dictionary(concepts)
+        if D.shape[1] != acts.n_features:
+            raise ValueError(
+                f"the dictionary has {D.shape[1]} features but the activations have "
+                f"{acts.n_features}: the concepts were fitted on another layer or model."
+            )
+        self.model = model
+        self.acts = acts
+        self.layer = str(layer)
+        self.residual = bool(residual)
+        self.batch_size = batch_size
+        self.progress = bool(progress)
+        self.device = resolve_device(device) if device is not None else D.device
+        self.D = D.to(self.device, torch.float32)
+        self.k = int(D.shape[0])
+        if Z is None:
+            encode = getattr(concepts, "encode", None)
+            if encode is None:
+                raise ValueError("pass Z (the codes of acts' rows) when concepts is a tensor D.")
+            Z = encode(acts.A)
+        if isinstance(Z, np.ndarray):
+            Z = torch.from_numpy(Z)
+        if not isinstance(Z, torch.Tensor) or Z.shape != (acts.n_rows, self.k):
+            raise ValueError(
+                f"Z must have shape (n_rows, k) = ({acts.n_rows}, {self.k}), the codes of these "
+                f"activations; got {tuple(getattr(Z, 'shape', ()))}."
+            )
+        if bool((Z < 0).any()):
+            raise ValueError("Z holds negative codes; pass the non-negative codes of the fit.")
+        self.Z = Z.detach().to("cpu", torch.float32)
+        self.layout = _Layout.of(acts)
+        self.slot = self.layout.slots(acts.position)
+        self._inputs = _Inputs(inputs, acts, tokenizer, self.device)
+        self._inputs.model = model
+        self.class_names = list(class_names) if class_names is not None else class_names_of(model)
+        self._rows = [acts.rows_of(i) for i in range(acts.n_samples)]
+        self._checked: set[int] = set()
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def n_samples(self) -> int:
+        """Number of inputs (samples of the activations)."""
+        return self.acts.n_samples
+
+    def rows_of(self, sample: int) -> torch.Tensor:
+        """Rows of ``acts`` (and of ``Z``) that belong to one input."""
+        return self._rows[sample]
+
+    def targets(self, target: Any) -> list[Target]:
+        """Resolve a target specification (see :func:`resolve_targets`)."""
+        return resolve_targets(target, class_names=self.class_names)
+
+    def _samples(self, samples: Any) -> list[int]:
+        if samples is None:
+            return list(range(self.n_samples))
+        if isinstance(samples, (int, np.integer)) and not isinstance(samples, bool):
+            samples = [int(samples)]
+        if isinstance(samples, torch.Tensor):
+            samples = samples.tolist()
+        out = [int(s) for s in np.asarray(samples).reshape(-1)]
+        bad = [s for s in out if not 0 <= s < self.n_samples]
+        if bad:
+            raise IndexError(f"sample index {bad[0]} is out of range for {self.n_samples} inputs.")
+        return out
+
+    def _bar(self, total: int, desc: str):
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit="pass", disable=not self.progress, leave=False)
+
+    # ------------------------------------------------------------------ the engine
+    def _forward(
+        self,
+        samples: Sequence[int],
+        codes: Sequence[torch.Tensor] | None,
+        *,
+        residual: bool,
+        grad: bool = False,
+        reduce: Callable[[Any], torch.Tensor] | None = None,
+    ) -> Any:
+        """One forward pass of ``samples`` (repeats allowed) with their rows' codes replaced.
+
+        ``codes[j]`` holds the (perturbed) codes of the rows of ``samples[j]``; None leaves the
+        layer alone (the plain model). Returns ``reduce(output)`` (or the output).
+        """
+        layout, D = self.layout, self.D
+        b = len(samples)
+        if codes is not None:
+            rows = [self._rows[s] for s in samples]
+            counts = torch.as_tensor([len(r) for r in rows])
+            row_cat = torch.cat(rows) if rows else torch.empty(0, dtype=torch.long)
+            Z0 = self.Z[row_cat].to(self.device)
+            Zp = torch.cat(list(codes)).to(self.device)
+            jb = torch.repeat_interleave(torch.arange(b), counts).to(self.device)
+            check = [j for j, s in enumerate(samples) if s not in self._checked]
+            A_check = self.acts.A[row_cat] if check else None
+
+            def splice(out: torch.Tensor) -> torch.Tensor:
+                layout.check(out, self.layer, b)
+                flat = layout.flat_view(out)
+                if grad:
+                    torch.set_grad_enabled(True)
+                    flat = flat.detach()
+                dtype = flat.dtype
+                if layout.kind == "pooled":
+                    keep = self._pooled_slice(flat)
+                    live = flat[:, keep].mean(dim=1)[jb]  # (r, C): the pooled rows
+                else:
+                    live = flat[jb, self.slot[row_cat].to(flat.device)]
+                if A_check is not None:
+                    self._verify(live, A_check, samples)
+                if residual:
+                    delta = (Zp - Z0).to(dtype) @ D.to(dtype)
+                else:
+                    delta = Zp.to(dtype) @ D.to(dtype) - live
+                if layout.kind == "pooled":
+                    add = torch.zeros(b, flat.shape[2], dtype=dtype, device=flat.device)
+                    add = add.index_add(0, jb, delta)
+                    new = torch.cat(
+                        [
+                            flat[:, : keep.start],
+                            flat[:, keep] + add[:, None, :],
+                            flat[:, keep.stop :],
+                        ],
+                        dim=1,
+                    )
+                else:
+                    new = flat.index_put((jb, self.slot[row_cat].to(flat.device)), live + delta)
+                return layout.unflat(new, out)
+
+            ctx = _splice_hook(self.model, self.layer, splice)
+        else:
+            ctx = _no_hook(self.model)
+        x = self._inputs.batch(samples)
+        grad_mode = torch.no_grad() if grad else torch.inference_mode()
+        prev = torch.is_grad_enabled()
+        try:
+            with ctx, grad_mode:
+                out = self.model(**x) if isinstance(x, dict) else self.model(x)
+                result = reduce(out) if reduce is not None else out
+        finally:
+            torch.set_grad_enabled(prev)
+        if codes is not None:
+            self._checked.update(samples)
+        return result
+
+    def _pooled_slice(self, flat: torch.Tensor) -> slice:
+        if self.layout.layout != "tokens":
+            return slice(0, flat.shape[1])
+        p = self.layout.n_prefix
+        return {
+            "patch": slice(p, flat.shape[1]),
+            "prefix": slice(0, p),
+            "all": slice(0, flat.shape[1]),
+        }[self.layout.include]
+
+    def _verify(self, live: torch.Tensor, A: torch.Tensor, samples: Sequence[int]) -> None:
+        live = live.detach().to("cpu", torch.float32)
+        err = float(torch.linalg.vector_norm(live - A))
+        ref = float(torch.linalg.vector_norm(A)) + 1e-12
+        if err > _MATCH_TOL * ref:
+            raise ValueError(
+                f"layer {self.layer!r} does not reproduce the activations on inputs "
+                f"{sorted(set(samples))[:5]}... (relative difference {err / ref:.3g}): these are "
+                f"not the inputs the activations were extracted from (or not in that order, or "
+                f"preprocessed differently), or the model is not the one they came from."
+            )
+
+    def _default_codes(self, samples: Sequence[int]) -> list[torch.Tensor]:
+        return [self.Z[self._rows[s]] for s in samples]
+
+    # ------------------------------------------------------------------ public API
+    def outputs(
+        self,
+        samples: Any = None,
+        codes: Sequence[torch.Tensor] | None = None,
+        *,
+        residual: bool | None = None,
+        splice: bool = True,
+    ) -> torch.Tensor:
+        """Model logits with the codes spliced in at the layer.
+
+        Parameters
+        ----------
+        samples : int or sequence of int, optional
+            Which inputs (default: all).
+        codes : list of Tensor, optional
+            One (n_rows_of_sample, k) tensor per sample (default: the fitted codes).
+        residual : bool, optional
+            Override the explainer's ``residual``.
+        splice : bool, default=True
+            False runs the plain model (no hook).
+
+        Returns
+        -------
+        Tensor of shape (n_samples, ...)
+            :func:`model_logits` of the output, on the CPU.
+        """
+        idx = self._samples(samples)
+        res = self.residual if residual is None else bool(residual)
+        if codes is not None and len(codes) != len(idx):
+            raise ValueError(f"codes has {len(codes)} entries for {len(idx)} samples.")
+        outs = []
+        for s in range(0, len(idx), self.batch_size):
+            chunk = idx[s : s + self.batch_size]
+            c = None
+            if splice:
+                c = codes[s : s + self.batch_size] if codes is not None else None
+                c = c if c is not None else self._default_codes(chunk)
+            outs.append(
+                self._forward(
+                    chunk, c, residual=res, reduce=lambda o: model_logits(o).detach().cpu()
+                )
+            )
+        return torch.cat(outs)
+
+    def evaluate_masks(
+        self,
+        samples: Sequence[int],
+        masks: torch.Tensor,
+        targets: Sequence[Target],
+        *,
+        residual: bool | None = None,
+        desc: str = "explain",
+    ) -> torch.Tensor:
+        """Target values with each concept's codes scaled by a mask, for (sample, mask) jobs.
+
+        Parameters
+        ----------
+        samples : sequence of int, length J
+            The input of each job (repeats allowed).
+        masks : Tensor of shape (J, k)
+            ``codes of sample[j]'s rows * masks[j]`` (every position of a concept scaled alike).
+        targets : list of Target
+
+        Returns
+        -------
+        Tensor of shape (J, n_targets), float64 on the CPU
+        """
+        res = self.residual if residual is None else bool(residual)
+        masks = torch.as_tensor(masks, dtype=torch.float32)
+        J = len(samples)
+        if masks.shape != (J, self.k):
+            raise ValueError(f"masks must have shape ({J}, {self.k}); got {tuple(masks.shape)}.")
+        out = torch.empty(J, len(targets), dtype=torch.float64)
+        bar = self._bar(J, desc)
+        try:
+            for s in range(0, J, self.batch_size):
+                chunk = list(samples[s : s + self.batch_size])
+                m = masks[s : s + self.batch_size]
+                codes = [self.Z[self._rows[i]] * m[j] for j, i in enumerate(chunk)]
+                vals = self._forward(
+                    chunk,
+                    codes,
+                    residual=res,
+                    reduce=functools.partial(_targets_of, targets, len(chunk)),
+                )
+                out[s : s + len(chunk)] = vals.double().cpu()
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+        return out
+
+    def importance(
+        self,
+        target: Any,
+        *,
+        method: str = "gradient",
+        samples: Any = None,
+        nb_design: int = 32,
+        seed: int = 0,
+    ):
+        """Importance of every concept for ``target``, per input.
+
+        Parameters
+        ----------
+        target : int, str, callable, or a list of those
+            What to explain (see :func:`resolve_targets`).
+        method : {'gradient', 'sobol', 'occlusion'}, default='gradient'
+            ``'gradient'``: gradient x code, summed over the input's positions (one forward
+            and one backward pass per input). ``'sobol'``: total-order Sobol index of each
+            concept's mask (CRAFT; ``nb_design * (k + 1)`` forward passes per input).
+            ``'occlusion'``: drop of the target when one concept's codes are set to zero
+            (``k + 1`` forward passes per input).
+        samples : int or sequence of int, optional
+            Which inputs (default: all).
+        nb_design : int, default=32
+            Sobol only: number of quasi-random designs.
+        seed : int, default=0
+            Sobol only: seed of the scrambled Sobol sequence.
+
+        Returns
+        -------
+        ConceptImportance
+        """
+        from .importance import compute_importance
+
+        return compute_importance(
+            self, self.targets(target), method, self._samples(samples), nb_design, seed
+        )
+
+    def faithfulness(self, samples: Any = None, labels: Any = None):
+        """How close the spliced model's outputs are to the model's (see :func:`faithfulness`)."""
+        from .faithfulness import faithfulness
+
+        return faithfulness(self, self._samples(samples), labels)
+
+    def deletion_insertion(
+        self, importance, *, n_random: int = 2, seed: int = 0, residual: bool | None = None
+    ):
+        """Concept deletion / insertion curves for an importance result (see the function)."""
+        from .faithfulness import deletion_insertion
+
+        return deletion_insertion(self, importance, n_random=n_random, seed=seed, residual=residual)
+
+    def attribution_map(self, sample: int, concept: int, *, method: str = "occlusion", **kw):
+        """Where in the input a concept is (see :func:`concept_attribution_map`)."""
+        from .attribution import concept_attribution_map
+
+        return concept_attribution_map(self, sample, concept, method=method, **kw)
+
+
+def _targets_of(targets: Sequence[Target], n: int, output: Any) -> torch.Tensor:
+    return evaluate_targets(targets, output, n)
+
+
+@contextmanager
+def _no_hook(model: nn.Module) -> Iterator[None]:
+    modes = {m: m.training for m in model.modules()}
+    try:
+        yield
+    finally:
+        for m, training in modes.items():
+            m.training = training
