@@ -1,9 +1,15 @@
-"""What every dictionary estimator shares: state, encode/decode, input checks, save/load."""
+"""What every dictionary estimator shares: state, encode/decode, input checks, save/load.
+
+Subclasses join a registry by being defined (``load`` finds the saved class there, so this
+module never imports them), declare their extra keyword arguments on top of the shared ones,
+and implement ``_solve``; the base runs ``fit`` around it and records what the fit learned.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,10 +22,27 @@ from torch import nn
 from .._torch_utils import make_generator, resolve_device, resolve_dtype
 from ..errors import ConvergenceWarning, CorruptFileError, NotFittedError
 from ._input import as_2d_tensor, check_finite
+from ._kernels import GramFreeData
 from ._nnls import NNLSInfo, nnls_block
+from ._solvers import FitResult
 
 _FORMAT = "concept_probe.dictionary"
 _FORMAT_VERSION = 1
+
+#: ``fit``'s ``max_iter`` when neither ``fit`` nor the constructor names one
+DEFAULT_MAX_ITER = 500
+
+#: what a fit records, as ``<name>_`` attributes and under these keys in saved files
+_FIT_RECORD = (
+    "n_iter",
+    "converged",
+    "reconstruction_error",
+    "loss_history",
+    "n_samples_fit",
+    "n_features_in",
+    "mixed_sign",
+    "fit_time",
+)
 
 # Rows per block: enough to keep the matrix products efficient, small enough that a
 # block's temporaries (e.g. |A| of a mixed-sign block) stay a few tens of MB on a CPU.
@@ -35,21 +58,43 @@ def _auto_block(n_features: int, device: torch.device) -> int:
 class DictionaryEstimator(nn.Module):
     """Base class: a non-negative code ``Z`` against a learned dictionary ``D`` (k, d).
 
-    Subclasses implement ``fit``; this class provides ``encode`` (non-negative least
-    squares with ``D`` fixed), ``decode``, ``get_dictionary``, the input sanitisers, the
-    keyword-argument check, and the shareable file format.
+    Subclasses implement ``_solve`` (a start and a solver run on the prepared data); this
+    class provides ``fit`` around it, ``encode`` (non-negative least squares with ``D``
+    fixed), ``decode``, ``get_dictionary``, the input sanitisers, the keyword-argument check,
+    and the shareable file format.
 
     ``W`` and ``D`` are buffers, so ``state_dict()``, ``load_state_dict()`` and ``.to()`` work
     as for any module; before fitting they are empty (0 x 0) tensors.
     """
 
-    #: extra keyword arguments the constructor accepts, with their defaults
-    _EXTRAS: ClassVar[dict[str, Any]] = {}
+    #: extra keyword arguments every estimator accepts, with their defaults; a subclass
+    #: extends this dict with its own. ``max_iter`` is a compatibility extra for code
+    #: ported from overcomplete: it becomes the default of ``fit``'s ``max_iter``.
+    _EXTRAS: ClassVar[dict[str, Any]] = {
+        "init": "kmeans",
+        "seed": None,
+        "dtype": None,
+        "batch_size": None,
+        "max_iter": None,
+    }
+    #: accepted values of the ``init`` extra
+    _INITS: ClassVar[tuple[str, ...]] = ("kmeans", "random")
     #: constructor arguments saved to and restored from files
     _CONFIG_KEYS: ClassVar[tuple[str, ...]] = ("nb_concepts", "tol", "verbose")
+    #: every subclass, by class name: what ``load`` can rebuild (filled by __init_subclass__)
+    _registry: ClassVar[dict[str, type[DictionaryEstimator]]] = {}
 
     W: torch.Tensor
     D: torch.Tensor
+    init: str
+    seed: int | None
+    dtype: torch.dtype | str | None
+    batch_size: int | None
+    max_iter: int | None
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        DictionaryEstimator._registry[cls.__name__] = cls
 
     def __init__(
         self,
@@ -65,8 +110,7 @@ class DictionaryEstimator(nn.Module):
             allowed = ", ".join(sorted(self._EXTRAS)) or "none"
             raise TypeError(
                 f"{type(self).__name__}() got unexpected keyword argument(s) "
-                f"{', '.join(map(repr, unknown))}. Accepted extra keyword arguments: {allowed}. "
-                f"(max_iter belongs to fit(A, max_iter=...).)"
+                f"{', '.join(map(repr, unknown))}. Accepted extra keyword arguments: {allowed}."
             )
         self.nb_concepts = nb_concepts
         self.device = device
@@ -77,12 +121,7 @@ class DictionaryEstimator(nn.Module):
         self.register_buffer("W", torch.empty(0, 0))
         self.register_buffer("D", torch.empty(0, 0))
         self._gen: torch.Generator | None = None
-        self.n_iter_: int | None = None
-        self.loss_history_: list[float] = []
-        self.converged_: bool | None = None
-        self.reconstruction_error_: float | None = None
-        self.n_samples_fit_: int | None = None
-        self.n_features_in_: int | None = None
+        self._reset_fit_record()
         self.encode_info_: NNLSInfo | None = None
 
     # ------------------------------------------------------------------ state
@@ -123,7 +162,11 @@ class DictionaryEstimator(nn.Module):
         return out
 
     # --------------------------------------------------------------- validation
-    def _validate_common(self) -> tuple[torch.device, torch.dtype | None]:
+    def _validate(self) -> tuple[torch.device, torch.dtype | None]:
+        """Check the constructor arguments; return the device and dtype to fit with.
+
+        Subclasses extend it with their own arguments (calling this first).
+        """
         k = self.nb_concepts
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(
@@ -133,9 +176,15 @@ class DictionaryEstimator(nn.Module):
             raise ValueError(
                 f"tol must be a number >= 0 (0 disables early stopping); got {self.tol!r}."
             )
+        if self.init not in self._INITS:
+            raise ValueError(
+                f"unknown init {self.init!r}; use one of {', '.join(map(repr, self._INITS))}."
+            )
+        if self.max_iter is not None:
+            self._check_max_iter(self.max_iter)
+        self._block_rows(1, torch.device("cpu"))  # checks batch_size
         device = resolve_device(self.device)
-        dtype = getattr(self, "dtype", None)
-        dtype = None if dtype is None else resolve_dtype(dtype)
+        dtype = None if self.dtype is None else resolve_dtype(self.dtype)
         return device, dtype
 
     @staticmethod
@@ -148,6 +197,12 @@ class DictionaryEstimator(nn.Module):
             raise ValueError(f"{name} must be an integer >= 0; got {max_iter!r}.")
         return int(max_iter)
 
+    def _fit_max_iter(self, max_iter: int | None) -> int:
+        """``fit``'s iteration budget: its argument, else the constructor's, else 500."""
+        if max_iter is None:
+            max_iter = DEFAULT_MAX_ITER if self.max_iter is None else self.max_iter
+        return self._check_max_iter(max_iter)
+
     def _prepare_fit_input(self, A, device, dtype) -> torch.Tensor:
         A = as_2d_tensor(A, name="A", dtype=dtype, device=device)
         check_finite(A, "A")
@@ -159,8 +214,14 @@ class DictionaryEstimator(nn.Module):
             )
         return A
 
+    def _data(self, A) -> GramFreeData:
+        """Validate the arguments and ``A``; wrap ``A`` for the blockwise kernels."""
+        device, dtype = self._validate()
+        A = self._prepare_fit_input(A, device, dtype)
+        return GramFreeData(A, self._block_rows(A.shape[1], A.device))
+
     def _block_rows(self, n_features: int, device: torch.device) -> int:
-        bs = getattr(self, "batch_size", None)
+        bs = self.batch_size
         if bs is None:
             return _auto_block(n_features, device)
         if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1:
@@ -171,8 +232,51 @@ class DictionaryEstimator(nn.Module):
 
     def _generator(self, device: torch.device) -> torch.Generator:
         if self._gen is None or self._gen.device != device:
-            self._gen = make_generator(getattr(self, "seed", None), device)
+            self._gen = make_generator(self.seed, device)
         return self._gen
+
+    def _encode_l1(self) -> float:
+        """L1 weight on the codes that ``encode`` uses (0 unless the subclass has one)."""
+        return 0.0
+
+    # -------------------------------------------------------------------- fit
+    def _solve(self, X: GramFreeData, max_iter: int, generator: torch.Generator) -> FitResult:
+        """Start and run the solver on the prepared data (subclasses implement it)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _solve().")
+
+    def _before_solve(self) -> None:
+        """Hook run once the input is checked, before the start is drawn (warnings)."""
+
+    def _fit(self, A, max_iter: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """What every ``fit`` does: check, draw the start from a fresh generator, solve, record."""
+        t0 = time.perf_counter()
+        max_iter = self._fit_max_iter(max_iter)
+        X = self._data(A)
+        self._before_solve()
+        self._gen = None  # one generator per fit, from the seed
+        res = self._solve(X, max_iter, self._generator(X.A.device))
+        self._record_fit(X, res, time.perf_counter() - t0)
+        return res.Z, res.D
+
+    def _reset_fit_record(self) -> None:
+        for name in _FIT_RECORD:
+            setattr(self, f"{name}_", None)
+        self.loss_history_ = []
+
+    def _record_fit(self, X: GramFreeData, res: FitResult, seconds: float) -> None:
+        """Store what a fit learned (``W``, ``D``) and how (iterations, losses, error, time)."""
+        if res.Wt is not None:
+            self.W = res.Wt.T.contiguous()
+        self.D = res.D
+        self.n_iter_ = res.n_iter
+        self.loss_history_ = res.losses
+        self.converged_ = res.converged
+        self.mixed_sign_ = X.mixed
+        self.n_samples_fit_, self.n_features_in_ = X.n, X.d
+        self.reconstruction_error_ = float(
+            torch.sqrt(X.residual_norm2(res.Z, res.D) / X.norm2.clamp(min=1e-300))
+        )
+        self.fit_time_ = seconds
 
     # ---------------------------------------------------------- sanitisers (seed API)
     def sanitize_np_input(self, x) -> np.ndarray:
@@ -275,7 +379,7 @@ class DictionaryEstimator(nn.Module):
         G = D @ D.T
         ridge = 1e-6 * G.diagonal().mean().clamp(min=torch.finfo(dt).tiny)
         L, _ = torch.linalg.cholesky_ex(G + ridge * torch.eye(k, dtype=dt, device=dev))
-        l1 = float(getattr(self, "l1_penalty", 0.0) or 0.0)
+        l1 = self._encode_l1()
         block = self._block_rows(max(d, k * 8), dev)
         info = NNLSInfo()
         out: list[torch.Tensor] = []
@@ -322,14 +426,7 @@ class DictionaryEstimator(nn.Module):
         return cfg
 
     def _fit_info(self) -> dict[str, Any]:
-        return {
-            "n_iter": self.n_iter_,
-            "converged": self.converged_,
-            "reconstruction_error": self.reconstruction_error_,
-            "loss_history": self.loss_history_,
-            "n_samples_fit": self.n_samples_fit_,
-            "n_features_in": self.n_features_in_,
-        }
+        return {name: getattr(self, f"{name}_") for name in _FIT_RECORD}
 
     def save(self, path: str | os.PathLike, include_W: bool = True) -> Path:
         """Write the fitted estimator to one ``.safetensors`` file, atomically.
@@ -419,7 +516,12 @@ class DictionaryEstimator(nn.Module):
                 f"{path} was written by a newer concept_probe (format version "
                 f"{header['format_version']} > {_FORMAT_VERSION}); upgrade concept_probe."
             )
-        target = _estimator_class(header["class"])
+        target = DictionaryEstimator._registry.get(header["class"])
+        if target is None:
+            raise CorruptFileError(
+                f"{path}: unknown estimator class {header['class']!r} in the file header; "
+                f"expected one of {sorted(DictionaryEstimator._registry)}."
+            )
         if not issubclass(target, cls):
             raise TypeError(
                 f"{path} holds a {header['class']}, not a {cls.__name__}; load it with "
@@ -441,22 +543,7 @@ class DictionaryEstimator(nn.Module):
         if "W" in tensors:
             est.W = tensors["W"].to(dev)
         fit = header.get("fit", {})
-        est.n_iter_ = fit.get("n_iter")
-        est.converged_ = fit.get("converged")
-        est.reconstruction_error_ = fit.get("reconstruction_error")
+        for name in _FIT_RECORD:
+            setattr(est, f"{name}_", fit.get(name))
         est.loss_history_ = list(fit.get("loss_history") or [])
-        est.n_samples_fit_ = fit.get("n_samples_fit")
-        est.n_features_in_ = fit.get("n_features_in")
         return est
-
-
-def _estimator_class(name: str) -> type[DictionaryEstimator]:
-    from .convex_nmf import ConvexNMF
-    from .semi_nmf import SemiNMF
-
-    classes = {c.__name__: c for c in (ConvexNMF, SemiNMF)}
-    if name not in classes:
-        raise CorruptFileError(
-            f"unknown estimator class {name!r} in file header; expected one of {sorted(classes)}."
-        )
-    return classes[name]

@@ -18,6 +18,7 @@ __all__ = [
     "random_w",
     "random_z",
     "rescale_to_data",
+    "semi_nmf_start",
 ]
 
 # Ding, Li & Jordan (2008), Sec. 6: start from the cluster indicators plus 0.2.
@@ -147,6 +148,31 @@ def kmeans(
     if S is not X:
         labels, _ = _assign(X, C)
     return labels, C
+
+
+def semi_nmf_start(
+    X: GramFreeData, k: int, *, init: str, generator: torch.Generator
+) -> torch.Tensor:
+    """Starting codes (n, k) for Semi-NMF: k-means indicators plus 0.2, or uniform draws.
+
+    Parameters
+    ----------
+    X : GramFreeData
+        The data.
+    k : int
+        Number of concepts.
+    init : {'kmeans', 'random'}
+        k-means cluster memberships smoothed by the paper's 0.2, or :func:`random_z`.
+    generator : torch.Generator
+        Source of every random draw.
+    """
+    if init == "random":
+        return random_z(X.n, k, generator=generator, dtype=X.A.dtype, device=X.A.device)
+    if init != "kmeans":  # pragma: no cover - validated by the estimator
+        raise ValueError(f"unknown Semi-NMF init {init!r}; use 'kmeans' or 'random'.")
+    labels, _ = kmeans(X, k, generator=generator)
+    Z = torch.full((X.n, k), _SMOOTHING, dtype=X.A.dtype, device=X.A.device)
+    return Z.scatter_add_(1, labels[:, None], torch.ones_like(Z[:, :1]))
 
 
 def convex_start_from_codes(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ConvergenceWarning
+from ._init import semi_nmf_start
 from ._kernels import (
     GramFreeData,
     Moments,
@@ -23,7 +24,7 @@ from ._kernels import (
     sym_top_eigenvalue,
 )
 
-__all__ = ["FitResult", "convex_nmf_solve", "semi_nmf_solve"]
+__all__ = ["FitResult", "convex_nmf_solve", "semi_nmf", "semi_nmf_solve"]
 
 
 @dataclass
@@ -303,3 +304,40 @@ def semi_nmf_solve(
             stacklevel=3,
         )
     return FitResult(Z=Z, Wt=None, D=F, n_iter=it, losses=stop.losses(), converged=converged)
+
+
+def semi_nmf(
+    X: GramFreeData,
+    k: int,
+    *,
+    init: str,
+    generator: torch.Generator,
+    max_iter: int,
+    tol: float,
+    verbose: bool = False,
+    warn: bool = True,
+) -> FitResult:
+    """Semi-NMF from scratch: a start from ``semi_nmf_start``, then :func:`semi_nmf_solve`.
+
+    What ``SemiNMF.fit`` runs, and the first stage of ``ConvexNMF(init='semi_nmf')``.
+
+    Parameters
+    ----------
+    X : GramFreeData
+        The data ``A``.
+    k : int
+        Number of concepts.
+    init : {'kmeans', 'random'}
+        Starting codes.
+    generator : torch.Generator
+        Source of every random draw.
+    max_iter, tol, verbose, warn
+        As for :func:`semi_nmf_solve`.
+
+    Returns
+    -------
+    FitResult
+        ``Wt`` is None and ``D`` is the free factor.
+    """
+    Z = semi_nmf_start(X, k, init=init, generator=generator)
+    return semi_nmf_solve(X, Z, max_iter=max_iter, tol=tol, verbose=verbose, warn=warn)

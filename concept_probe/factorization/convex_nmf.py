@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from typing import Any, ClassVar
 
@@ -18,12 +17,11 @@ from ._init import (
     rescale_to_data,
 )
 from ._kernels import GramFreeData
-from ._solvers import convex_nmf_solve
+from ._solvers import FitResult, convex_nmf_solve, semi_nmf
 
 __all__ = ["ConvexNMF"]
 
 _SOLVERS = ("mu", "pgd")
-_INITS = ("random", "kmeans", "semi_nmf")
 
 
 class ConvexNMF(DictionaryEstimator):
@@ -83,6 +81,10 @@ class ConvexNMF(DictionaryEstimator):
         about 16M elements per block on a CPU and 256M on a GPU.
     momentum : bool, default=True
         ``pgd`` only: Nesterov extrapolation, restarted whenever the objective rises.
+    max_iter : int or None, default=None
+        Compatibility extra for code ported from overcomplete, whose constructor takes
+        ``max_iter``: it becomes the default of :meth:`fit`'s ``max_iter`` (an explicit
+        ``fit(A, max_iter=...)`` still wins). ``None`` leaves that default at 500.
 
     Attributes
     ----------
@@ -120,13 +122,8 @@ class ConvexNMF(DictionaryEstimator):
     True
     """
 
-    _EXTRAS: ClassVar[dict[str, Any]] = {
-        "init": "kmeans",
-        "seed": None,
-        "dtype": None,
-        "batch_size": None,
-        "momentum": True,
-    }
+    _EXTRAS: ClassVar[dict[str, Any]] = {**DictionaryEstimator._EXTRAS, "momentum": True}
+    _INITS: ClassVar[tuple[str, ...]] = ("random", "kmeans", "semi_nmf")
     _CONFIG_KEYS: ClassVar[tuple[str, ...]] = (
         "nb_concepts",
         "tol",
@@ -151,12 +148,10 @@ class ConvexNMF(DictionaryEstimator):
         self.strict_convex = strict_convex
         self.solver = solver
         self.l1_penalty = l1_penalty
-        self.mixed_sign_: bool | None = None
-        self.fit_time_: float | None = None
 
     # ----------------------------------------------------------------- checks
     def _validate(self) -> tuple[torch.device, torch.dtype | None]:
-        device, dtype = self._validate_common()
+        device, dtype = super()._validate()
         if self.solver not in _SOLVERS:
             raise ValueError(
                 f"unknown solver {self.solver!r}; use 'mu' (multiplicative updates) or "
@@ -173,28 +168,22 @@ class ConvexNMF(DictionaryEstimator):
                 f"l1_penalty must be a finite number >= 0 (0 means no sparsity penalty); got "
                 f"{l1!r}."
             )
-        if self.init not in _INITS:
-            raise ValueError(
-                f"unknown init {self.init!r}; use one of {', '.join(map(repr, _INITS))}."
-            )
         if not isinstance(self.strict_convex, bool):
             raise TypeError(f"strict_convex must be True or False; got {self.strict_convex!r}.")
         return device, dtype
 
-    def _warn_unscaled_l1(self) -> None:
+    def _before_solve(self) -> None:
         if self.l1_penalty > 0 and not self.strict_convex:
             warnings.warn(
                 f"l1_penalty={self.l1_penalty:g} without strict_convex=True: only Z W is fixed "
                 f"by the data, so the fit can lower sum(Z) by growing W instead of zeroing "
                 f"codes. Pass strict_convex=True (rows of W sum to one) for sparser codes.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
 
-    def _data(self, A) -> GramFreeData:
-        device, dtype = self._validate()
-        A = self._prepare_fit_input(A, device, dtype)
-        return GramFreeData(A, self._block_rows(A.shape[1], A.device))
+    def _encode_l1(self) -> float:
+        return float(self.l1_penalty)
 
     # ---------------------------------------------------------- initialisation
     def init_random_z(self, A) -> torch.Tensor:
@@ -282,15 +271,19 @@ class ConvexNMF(DictionaryEstimator):
         return convex_start_from_codes(H)
 
     def _init_semi_nmf(self, X: GramFreeData, max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from .semi_nmf import SemiNMF
-
-        snmf = SemiNMF(self.nb_concepts, device=X.A.device, tol=self.tol, init="kmeans")
-        snmf._gen = self._generator(X.A.device)
-        Z, _ = snmf._fit_data(X, max_iter, warn=False)
-        return convex_start_from_codes(Z)
+        res = semi_nmf(
+            X,
+            self.nb_concepts,
+            init="kmeans",
+            generator=self._generator(X.A.device),
+            max_iter=max_iter,
+            tol=float(self.tol),
+            warn=False,
+        )
+        return convex_start_from_codes(res.Z)
 
     # -------------------------------------------------------------------- fit
-    def fit(self, A, max_iter: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    def fit(self, A, max_iter: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Learn ``Z`` and ``W`` (hence ``D = W A``) from the activations ``A``.
 
         Parameters
@@ -298,8 +291,9 @@ class ConvexNMF(DictionaryEstimator):
         A : Tensor, ndarray, DataLoader or iterable of batches
             Activations of shape (n_samples, n_features), finite, any sign. Iterables are
             concatenated.
-        max_iter : int, default=500
-            Iterations at most (fewer if the ``tol`` test fires).
+        max_iter : int, optional
+            Iterations at most (fewer if the ``tol`` test fires). Defaults to 500, or to the
+            constructor's ``max_iter`` extra when one was given.
 
         Returns
         -------
@@ -315,14 +309,11 @@ class ConvexNMF(DictionaryEstimator):
             than ``n_samples``, unknown solver or init, negative ``l1_penalty``, unavailable
             device).
         """
-        t0 = time.perf_counter()
-        max_iter = self._check_max_iter(max_iter)
-        X = self._data(A)
-        self._warn_unscaled_l1()
-        self._gen = None  # one generator per fit, from the seed
-        gen = self._generator(X.A.device)
+        return self._fit(A, max_iter)
+
+    def _solve(self, X: GramFreeData, max_iter: int, generator: torch.Generator) -> FitResult:
         k = self.nb_concepts
-        kw = {"generator": gen, "dtype": X.A.dtype, "device": X.A.device}
+        kw = {"generator": generator, "dtype": X.A.dtype, "device": X.A.device}
         if self.init == "random":
             Z = random_z(X.n, k, **kw)
             W = random_w(X.n, k, **kw)
@@ -333,7 +324,7 @@ class ConvexNMF(DictionaryEstimator):
         Wt = W.T.contiguous()
         del W
         m = rescale_to_data(X, Z, Wt)
-        res = convex_nmf_solve(
+        return convex_nmf_solve(
             X,
             Z,
             Wt,
@@ -343,20 +334,7 @@ class ConvexNMF(DictionaryEstimator):
             tol=float(self.tol),
             l1=float(self.l1_penalty),
             strict_convex=self.strict_convex,
-            generator=gen,
+            generator=generator,
             verbose=bool(self.verbose),
             momentum=bool(self.momentum),
         )
-        self.W = res.Wt.T.contiguous()
-        del Wt
-        self.D = res.D
-        self.n_iter_ = res.n_iter
-        self.loss_history_ = res.losses
-        self.converged_ = res.converged
-        self.mixed_sign_ = X.mixed
-        self.n_samples_fit_, self.n_features_in_ = X.n, X.d
-        self.reconstruction_error_ = float(
-            torch.sqrt(X.residual_norm2(res.Z, res.D) / X.norm2.clamp(min=1e-300))
-        )
-        self.fit_time_ = time.perf_counter() - t0
-        return res.Z, res.D
