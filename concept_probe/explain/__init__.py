@@ -8,6 +8,7 @@ attribution maps and per-class concept banks are all functions of that splice.
 
 from __future__ import annotations
 
+from .faithfulness import DeletionInsertion, Faithfulness
 from .importance import ConceptImportance, jansen_total_indices, sobol_design
 from .splice import ConceptExplainer
 from .targets import Target, class_names_of, model_logits, resolve_targets
@@ -15,6 +16,8 @@ from .targets import Target, class_names_of, model_logits, resolve_targets
 __all__ = [
     "ConceptExplainer",
     "ConceptImportance",
+    "DeletionInsertion",
+    "Faithfulness",
     "Target",
     "class_names_of",
     "jansen_total_indices",

@@ -125,6 +125,10 @@ class ConceptImportance:
         Forward passes run (a backward pass counts as two, as usual).
     target_values : Tensor of shape (n_samples, n_targets)
         The targets on the unperturbed spliced model.
+    target_index : list of int or None
+        Class index of each target (None for a callable).
+    target_objects : list of Target
+        The targets themselves (to evaluate them again, e.g. for deletion curves).
     """
 
     values: torch.Tensor
@@ -134,6 +138,7 @@ class ConceptImportance:
     forward_passes: int = 0
     target_values: torch.Tensor | None = None
     target_index: list[int | None] = field(default_factory=list)
+    target_objects: list[Target] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def k(self) -> int:
@@ -177,6 +182,7 @@ class ConceptImportance:
             self.forward_passes,
             None if self.target_values is None else self.target_values[idx],
             list(self.target_index),
+            list(self.target_objects),
         )
 
     def to_dict(self, target: int | str = 0) -> dict[str, Any]:
@@ -275,4 +281,5 @@ def compute_importance(
         forward_passes=int(passes),
         target_values=tv,
         target_index=[t.index for t in targets],
+        target_objects=list(targets),
     )

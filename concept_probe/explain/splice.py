@@ -96,12 +96,19 @@ class _Layout:
         return out
 
     def unflat(self, flat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The (batch, L, C) view back in the output's shape *and memory layout* (strides).
+
+        A channels-last output stays channels-last, so that the next layers run the same
+        kernels as in the plain forward pass and the splice stays bitwise exact.
+        """
         if self.layout == "nchw":
             b, c, h, w = like.shape
-            return flat.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
-        if self.layout == "nhwc" or self.layout == "flat":
-            return flat.reshape(like.shape)
-        return flat
+            shaped = flat.reshape(b, h, w, c).permute(0, 3, 1, 2)
+        else:
+            shaped = flat.reshape(like.shape)
+        if shaped.stride() == like.stride():
+            return shaped
+        return torch.empty_like(like, dtype=flat.dtype).copy_(shaped)
 
     def check(self, out: torch.Tensor, layer: str, batch: int) -> None:
         """Refuse a layer output that does not have the shape the activations were read from."""
