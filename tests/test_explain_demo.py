@@ -82,3 +82,22 @@ def test_class_names_come_from_the_demo_model_and_faithfulness_is_reported(demo)
     f = ex.faithfulness(samples=range(40))
     assert f.kl_residual == 0.0 and f.top1_residual == 1.0
     assert f.kl_concepts_only > 0 and 0 <= f.top1_concepts_only <= 1
+
+
+def test_occlusion_map_of_a_colour_concept_lies_on_objects_of_that_colour(demo):
+    ex, data, table, _ = demo
+    red = next(m for m in table.matches if m.factor == "colour" and m.value == "red")
+    # an image whose only object is red
+    i = next(
+        j for j, objs in enumerate(data.objects) if len(objs) == 1 and objs[0]["colour"] == "red"
+    )
+    amap = ex.attribution_map(i, red.concept, method="occlusion")
+    inside = data.factor_maps["colour"][i] == zoo.FACTORS["colour"].index("red")
+    assert amap.input_map.shape == amap.code_map.shape == inside.shape
+    assert amap.input_map[inside].mean() > 2 * amap.input_map[~inside].mean().clamp(min=0)
+    assert amap.code_map[inside].mean() > amap.code_map[~inside].mean()
+    grad = ex.attribution_map(i, red.concept, method="gradient")
+    assert torch.isfinite(grad.input_map).all() and grad.input_map.abs().sum() > 0
+    assert grad.input_map.abs()[inside].mean() > grad.input_map.abs()[~inside].mean()
+    with pytest.raises(ValueError, match=r"concept must be in \[0, 15\]"):
+        ex.attribution_map(i, 16)

@@ -8,20 +8,29 @@ attribution maps and per-class concept banks are all functions of that splice.
 
 from __future__ import annotations
 
+from .attribution import AttributionMap, concept_attribution_map
+from .banks import BankMatch, ClassBank, ConceptBanks, fit_class_banks, predict_classes
 from .faithfulness import DeletionInsertion, Faithfulness
 from .importance import ConceptImportance, jansen_total_indices, sobol_design
 from .splice import ConceptExplainer
 from .targets import Target, class_names_of, model_logits, resolve_targets
 
 __all__ = [
+    "AttributionMap",
+    "BankMatch",
+    "ClassBank",
+    "ConceptBanks",
     "ConceptExplainer",
     "ConceptImportance",
     "DeletionInsertion",
     "Faithfulness",
     "Target",
     "class_names_of",
+    "concept_attribution_map",
+    "fit_class_banks",
     "jansen_total_indices",
     "model_logits",
+    "predict_classes",
     "resolve_targets",
     "sobol_design",
 ]
