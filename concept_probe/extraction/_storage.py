@@ -1,10 +1,11 @@
 """On-disk format of :class:`~concept_probe.extraction.Activations`: atomic, resumable, no pickle.
 
 An Activations directory holds one ``.npy`` file per array, one JSON file of strings
-(sample ids, tokens, texts, ...) and ``manifest.json``, which is written last and atomically
-(temporary file, then :func:`os.replace`). The manifest records the byte size of every file and
-a SHA-256 of every file but the two big ones (``A`` and ``images``, checked by size and by their
-``.npy`` header), so a truncated or half-written directory never loads as valid.
+(sample ids, tokens, texts, ...) and ``manifest.json``, which is written last; every file and
+the whole folder are written atomically through ``concept_probe._io`` (temporary name, then
+:func:`os.replace`). The manifest records the byte size of every file and a SHA-256 of
+every file but the two big ones (``A`` and ``images``, checked by size and by their ``.npy``
+header), so a truncated or half-written directory never loads as valid.
 
 While an extraction streams to disk the directory holds numbered shards instead
 (``A-00000.npy``, ``sample-00000.npy``, ...) and ``progress.json``, rewritten atomically after
@@ -32,16 +33,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from .._io import TMP_GLOB, atomic_directory, atomic_file, check_format, write_bytes_atomic
+from .._io import write_json_atomic as atomic_write_json
 from ..errors import CorruptFileError
 
 FORMAT = "concept_probe.activations"
@@ -61,54 +58,9 @@ __all__ = [
     "PROGRESS",
     "VERSION",
     "ShardStore",
-    "atomic_write_bytes",
-    "atomic_write_json",
     "read_directory",
     "write_directory",
 ]
-
-
-# ----------------------------------------------------------------------- atomic primitives
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds (Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success move it onto ``path`` atomically."""
-    tmp = _tmp_name(path)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and :func:`os.replace`."""
-    with _atomic_path(Path(path)) as tmp, open(tmp, "wb") as f:
-        f.write(data)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as UTF-8 JSON to ``path`` atomically."""
-    atomic_write_bytes(path, json.dumps(obj, ensure_ascii=False, indent=1).encode("utf-8"))
 
 
 def _sha256_file(path: Path) -> str:
@@ -142,7 +94,7 @@ def _save_npy(path: Path, arr: np.ndarray | list[np.ndarray], name: str) -> dict
     if any(p.dtype != dtype or p.shape[1:] != tail for p in parts):  # pragma: no cover
         raise ValueError(f"parts of array {name!r} differ in dtype or shape")
     shape = (sum(p.shape[0] for p in parts), *tail)
-    with _atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
         _write_npy_header(f, dtype, shape)
         for p in parts:
             f.write(np.ascontiguousarray(p).data)
@@ -164,7 +116,7 @@ def _entry(path: Path, name: str, shape, dtype) -> dict:
 
 def _save_strings(path: Path, strings: dict) -> dict:
     data = json.dumps(strings, ensure_ascii=False).encode("utf-8")
-    atomic_write_bytes(path, data)
+    write_bytes_atomic(path, data)
     return {"file": path.name, "nbytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
@@ -232,17 +184,9 @@ def _read_json(file: Path, root: Path) -> dict:
             f"{root} is corrupt: {file.name} is not valid JSON ({exc}). It was damaged after it "
             f"was written (it is only ever replaced atomically); extract or save again."
         ) from exc
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise CorruptFileError(
-            f"{root} is not a concept_probe Activations folder: {file.name} does not declare "
-            f"format {FORMAT!r}."
-        )
-    if obj.get("version", 0) > VERSION:
-        raise CorruptFileError(
-            f"{root} was written by a newer concept_probe (format version {obj.get('version')}, "
-            f"this one reads up to {VERSION}); upgrade concept_probe to load it."
-        )
-    return obj
+    return check_format(
+        obj, fmt=FORMAT, version=VERSION, source=root, what="concept_probe Activations folder"
+    )
 
 
 def read_manifest(root: Path) -> dict:
@@ -308,20 +252,12 @@ def write_directory(
     """
     path = Path(path)
     _check_replaceable(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    tmp.mkdir()
-    try:
+    with atomic_directory(path) as tmp:
         entries = {name: _save_npy(tmp / f"{name}.npy", arr, name) for name, arr in arrays.items()}
         s_entry = _save_strings(tmp / STRINGS, strings)
         manifest = dict(header, format=FORMAT, version=VERSION)
         manifest["files"] = {"arrays": entries, "strings": s_entry}
         atomic_write_json(tmp / MANIFEST, manifest)
-        _fsync_dir(tmp)
-        _swap_in(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _check_replaceable(path: Path) -> None:
@@ -336,18 +272,6 @@ def _check_replaceable(path: Path) -> None:
                 f"{path} exists and holds files that are not a concept_probe Activations folder; "
                 f"refusing to replace it. Choose an empty or new path."
             )
-
-
-def _swap_in(tmp: Path, path: Path) -> None:
-    """Put directory ``tmp`` at ``path``, replacing an existing directory there."""
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        os.replace(path, old)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- streaming
@@ -517,7 +441,7 @@ class ShardStore:
             final = root / f"{name}.npy"
             # Plain sequential writes (not a writable memmap): the copied pages do not stay
             # resident in this process, so memory stays bounded by one block.
-            with _atomic_path(final) as tmp, open(tmp, "wb") as f:
+            with atomic_file(final) as tmp, open(tmp, "wb") as f:
                 _write_npy_header(f, dtype, (shape0, *tail))
                 for shard in self.shards:
                     src = self._shard_array(shard, name)
@@ -530,11 +454,10 @@ class ShardStore:
         manifest = dict(header, format=FORMAT, version=VERSION, fingerprint=self.fingerprint)
         manifest["files"] = {"arrays": entries, "strings": s_entry}
         atomic_write_json(root / MANIFEST, manifest)
-        _fsync_dir(root)
         # The manifest is in place: the shards and the progress file are no longer needed.
         for shard in self.shards:
             for e in shard["files"].values():
                 (root / e["file"]).unlink(missing_ok=True)
         (root / PROGRESS).unlink(missing_ok=True)
-        for stray in root.glob(".*.tmp-*"):
+        for stray in root.glob(TMP_GLOB):
             stray.unlink(missing_ok=True)

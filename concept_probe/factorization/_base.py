@@ -495,7 +495,7 @@ class DictionaryEstimator(nn.Module):
         CorruptFileError
             If the file is truncated, not a safetensors file, or not written by ``save``.
         """
-        from .._io import load_tensors
+        from .._io import check_format, load_tensors
 
         path = Path(path)
         if not path.is_file():
@@ -503,19 +503,21 @@ class DictionaryEstimator(nn.Module):
         tensors, meta = load_tensors(path)
         try:
             header = json.loads(meta["concept_probe"])
-            ok = header.get("format") == _FORMAT and "D" in tensors
-        except (KeyError, json.JSONDecodeError, AttributeError):
-            ok = False
-        if not ok:
+        except (KeyError, json.JSONDecodeError) as exc:
             raise CorruptFileError(
                 f"{path} is a safetensors file but not a concept_probe estimator (missing or "
-                f"malformed 'concept_probe' header, or no 'D' tensor)."
-            )
-        if header.get("format_version", 0) > _FORMAT_VERSION:
-            raise CorruptFileError(
-                f"{path} was written by a newer concept_probe (format version "
-                f"{header['format_version']} > {_FORMAT_VERSION}); upgrade concept_probe."
-            )
+                f"malformed 'concept_probe' header)."
+            ) from exc
+        header = check_format(
+            header,
+            fmt=_FORMAT,
+            version=_FORMAT_VERSION,
+            source=path,
+            what="concept_probe estimator",
+            version_key="format_version",
+        )
+        if "D" not in tensors:
+            raise CorruptFileError(f"{path} is corrupt: it holds no dictionary tensor 'D'.")
         target = DictionaryEstimator._registry.get(header["class"])
         if target is None:
             raise CorruptFileError(

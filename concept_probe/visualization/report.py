@@ -6,13 +6,11 @@ import html
 import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from .._io import default_mode
+from .._io import atomic_directory
 from ..concepts import concept_prototypes, concept_stats, factor_table, top_samples
 from ..concepts.ranking import _as_codes
 from ._common import short_id
@@ -161,21 +159,8 @@ def write_report(
         )
     out = Path(out)
     _check_out(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         _build(tmp, nmf, acts, Z, W, D, k, reduce, title)
-        os.chmod(tmp, default_mode(directory=True))  # mkdtemp makes it owner-only
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / "report")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
