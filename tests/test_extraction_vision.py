@@ -182,6 +182,34 @@ def test_pil_images_use_the_timm_preprocessing_and_keep_unnormalised_images(vit)
     assert torch.equal(acts.A, direct.A)
 
 
+def test_preprocessing_is_decided_once_and_recorded_with_its_sources(vit):
+    import dataclasses
+
+    from concept_probe.extraction._vision_inputs import decide_preprocessing
+
+    pre = decide_preprocessing(vit, "pil", None, None)
+    assert pre.input_size == (3, 32, 32) and pre.source["mean"] == "timm data config"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        pre.mean = (0.0,)
+    with pytest.raises(TypeError):
+        pre.source["mean"] = "edited"
+    # A tensor is used as given: the timm config says nothing about it.
+    given = decide_preprocessing(vit, "tensor", None, ([0.5] * 3, [0.25] * 3))
+    assert given.transform is None and given.input_size is None
+    assert given.source == {
+        "input_size": "none",
+        "crop_pct": "none",
+        "interpolation": "none",
+        "mean": "normalization argument",
+        "std": "normalization argument",
+    }
+    acts = extract_image_activations(vit, "blocks.0", [solid((1, 2, 3))], progress=False)
+    rec = acts.meta["preprocessing"]
+    assert rec["input_size"] == [3, 32, 32] and rec["mean"] == list(pre.mean)
+    assert rec["interpolation"] == pre.interpolation and rec["crop_pct"] == pre.crop_pct
+    assert set(rec["source"].values()) == {"timm data config"}
+
+
 def test_user_transform_and_non_timm_models():
     tv = pytest.importorskip("torchvision.transforms")
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._torch_utils import resolve_device
 from . import _storage
 from .activations import Activations
-from .hooks import capture_layers
+from .hooks import capture_layers, resolve_layers
 
 # Rows are buffered up to about this many bytes before a shard is written to disk (when
 # streaming with out=); the same batches close a shard for every layer.
@@ -105,6 +106,41 @@ def model_name(model: nn.Module) -> str:
     if name:
         return str(name)
     return type(model).__name__
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every front end settles before reading any input."""
+
+    single: bool  # one layer given as a str: return one Activations, not a dict
+    layers: list[str]
+    device: torch.device
+
+
+def setup(model: nn.Module, layer: str | Sequence[str], device: str | torch.device) -> Setup:
+    """Check the model, the device and the layer names (a typo fails before any input is read)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
+    single = isinstance(layer, str)
+    layers = [layer] if single else list(layer)
+    dev = resolve_device(device)
+    resolve_layers(model, layers)
+    return Setup(single, layers, dev)
+
+
+def base_meta(model: nn.Module, mode: str) -> dict:
+    """The metadata every front end starts from."""
+    return {"model": model_name(model), "model_class": type(model).__name__, "mode": mode}
+
+
+def base_fingerprint(front_end: str, model: nn.Module, data: str, n_samples: int | None) -> dict:
+    """The part of a resume fingerprint every front end shares (its settings come on top)."""
+    return {
+        "front_end": front_end,
+        "model": model_fingerprint(model),
+        "data": data,
+        "n_samples": n_samples,
+    }
 
 
 class _ModelOnDevice:

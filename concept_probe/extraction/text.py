@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._torch_utils import resolve_device
 from . import _engine
 from .activations import Activations
 
@@ -108,9 +107,8 @@ def _tokenizer_name(tokenizer) -> str:
 
 
 class _TextRows:
-    def __init__(self, tokenizer, include_special: bool):
+    def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        self.include_special = include_special
         self.n_features: dict[str, int] = {}
 
     def __call__(self, name: str, out: torch.Tensor, batch: _engine.Batch) -> _engine.Rows:
@@ -188,10 +186,6 @@ def extract_text_activations(
         ``position`` holds token indices, ``tokens`` the token strings, ``char_spans`` the
         ``[start, end)`` characters of each token in its text.
     """
-    single = isinstance(layer, str)
-    layers = [layer] if single else list(layer)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
     if not callable(tokenizer) or not hasattr(tokenizer, "convert_ids_to_tokens"):
         raise TypeError(
             f"tokenizer must be a Hugging Face tokenizer; got {type(tokenizer).__name__}."
@@ -205,13 +199,11 @@ def extract_text_activations(
     for value, name in ((batch_size, "batch_size"), (max_length, "max_length")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int; got {value!r}.")
-    dev = resolve_device(device)
-    from .hooks import resolve_layers
-
-    resolve_layers(model, layers)
+    run = _engine.setup(model, layer, device)
+    dev = run.device
     items, ids, description = read_texts(texts)
     accepted = _accepted_inputs(model)
-    rows = _TextRows(tokenizer, bool(include_special))
+    rows = _TextRows(tokenizer)
     n_truncated = [0]
 
     def batches(start: int) -> Iterator[_engine.Batch]:
@@ -264,9 +256,7 @@ def extract_text_activations(
                 )
 
     meta = {
-        "model": _engine.model_name(model),
-        "model_class": type(model).__name__,
-        "mode": "text",
+        **_engine.base_meta(model, "text"),
         "tokenizer": _tokenizer_name(tokenizer),
         "input": description,
         "max_length": max_length,
@@ -281,19 +271,18 @@ def extract_text_activations(
     if out is not None:
         fingerprint = _engine.json_safe(
             {
-                "front_end": "text",
-                "model": _engine.model_fingerprint(model),
+                **_engine.base_fingerprint(
+                    "text", model, _engine.strings_fingerprint(items), len(items)
+                ),
                 "tokenizer": _tokenizer_name(tokenizer),
                 "vocab_size": len(tokenizer),
-                "data": _engine.strings_fingerprint(items),
-                "n_samples": len(items),
                 "max_length": max_length,
                 "include_special": bool(include_special),
             }
         )
     plan = _engine.Plan(
         model=model,
-        layers=layers,
+        layers=run.layers,
         kind="text",
         device=dev,
         n_samples=len(items),
@@ -306,4 +295,4 @@ def extract_text_activations(
         progress=progress,
         unit="text",
     )
-    return _engine.run(plan, out, single)
+    return _engine.run(plan, out, run.single)

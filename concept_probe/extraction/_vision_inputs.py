@@ -1,0 +1,659 @@
+"""Vision inputs: decide the preprocessing once, then turn images into preprocessed batches.
+
+:func:`decide_preprocessing` returns a frozen :class:`Preprocessing` record (what the model's
+inputs went through and where each setting came from); :func:`make_source` turns the user's
+``images`` (tensor, Dataset, DataLoader, PIL images, files or a folder) into a source that
+yields ``(x, labels, ids)`` batches; :func:`thumbnails` keeps each input as the model saw it.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import _engine
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+# ------------------------------------------------------------------------ preprocessing
+_FIELDS = ("input_size", "crop_pct", "interpolation", "mean", "std")
+AS_GIVEN = "none (inputs used as given)"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The preprocessing of one extraction, decided once before the first input is read.
+
+    Attributes
+    ----------
+    input_size : tuple of int (C, H, W), optional
+        Size the transform resizes and crops to (None: not known, e.g. a user transform).
+    crop_pct, interpolation : optional
+        The resize / centre-crop settings of a timm transform.
+    mean, std : tuple of float, optional
+        The normalisation the model's inputs went through (None: unknown; thumbnails are then
+        min-max rescaled).
+    source : dict of str to str
+        Where each of the five settings came from (``'timm data config'``, ``'transform
+        argument'``, ``'normalization argument'``, ``'dataset transform'``, ``'none'``).
+    transform : callable, optional
+        PIL image -> (C, H, W) tensor; None when the inputs are used as given.
+    description : str
+        One line for metadata and the resume fingerprint.
+    """
+
+    input_size: tuple[int, ...] | None
+    crop_pct: float | None
+    interpolation: str | None
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    source: Mapping[str, str]
+    transform: Callable | None = None
+    description: str = AS_GIVEN
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "source", MappingProxyType(dict(self.source)))
+
+    @property
+    def user_transform(self) -> bool:
+        """Whether ``transform`` is the caller's own (it then applies to dataset tensors too)."""
+        return self.source["input_size"] == "transform argument"
+
+    def to_meta(self) -> dict:
+        """JSON-ready record (saved in the activations' metadata)."""
+        out: dict[str, Any] = {}
+        for name in _FIELDS:
+            v = getattr(self, name)
+            out[name] = list(v) if isinstance(v, tuple) else v
+        out["source"] = dict(self.source)
+        return out
+
+
+def _is_timm_model(model: nn.Module) -> bool:
+    return type(model).__module__.startswith("timm.") and hasattr(model, "pretrained_cfg")
+
+
+def _find_normalize(transform: Any, depth: int = 0) -> tuple[tuple, tuple] | None:
+    """Mean and std of the first ``Normalize`` inside a (possibly nested) transform."""
+    if transform is None or depth > 8:
+        return None
+    if type(transform).__name__ == "Normalize" and hasattr(transform, "mean"):
+        mean = torch.as_tensor(transform.mean, dtype=torch.float32).flatten().tolist()
+        std = torch.as_tensor(transform.std, dtype=torch.float32).flatten().tolist()
+        return tuple(mean), tuple(std)
+    for attr in ("transforms", "transform"):
+        inner = getattr(transform, attr, None)
+        if isinstance(inner, (list, tuple)):
+            for t in inner:
+                found = _find_normalize(t, depth + 1)
+                if found:
+                    return found
+        elif inner is not None and inner is not transform:
+            found = _find_normalize(inner, depth + 1)
+            if found:
+                return found
+    return None
+
+
+def _timm_config(model: nn.Module) -> dict:
+    from timm.data import resolve_model_data_config
+
+    cfg = dict(resolve_model_data_config(model))
+    # A ViT built with a custom img_size keeps its pretrained_cfg input size; trust the model.
+    pe = getattr(model, "patch_embed", None)
+    img_size = getattr(pe, "img_size", None)
+    if (
+        isinstance(img_size, (tuple, list))
+        and len(img_size) == 2
+        and not getattr(model, "dynamic_img_size", False)
+        and tuple(cfg["input_size"][1:]) != tuple(img_size)
+    ):
+        cfg["input_size"] = (cfg["input_size"][0], *img_size)
+    return cfg
+
+
+def _from_timm_config(cfg: dict, source: dict[str, str]) -> Preprocessing:
+    from timm.data import create_transform
+
+    transform = create_transform(**cfg, is_training=False)
+    desc = (
+        f"timm data config: input_size={tuple(cfg['input_size'])}, "
+        f"interpolation={cfg.get('interpolation')}, crop_pct={cfg.get('crop_pct')}, "
+        f"mean={tuple(cfg['mean'])}, std={tuple(cfg['std'])}"
+    )
+    return Preprocessing(
+        tuple(int(v) for v in cfg["input_size"]),
+        cfg.get("crop_pct"),
+        cfg.get("interpolation"),
+        tuple(float(v) for v in cfg["mean"]),
+        tuple(float(v) for v in cfg["std"]),
+        source,
+        transform,
+        desc,
+    )
+
+
+def _parse_normalization(normalization) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    try:
+        mean, std = normalization
+        return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"normalization must be (mean, std), two sequences of floats; got {normalization!r}."
+        ) from exc
+
+
+def decide_preprocessing(
+    model: nn.Module,
+    kind: str,
+    transform: Callable | None,
+    normalization: tuple | None,
+    dataset_transform: Any = None,
+) -> Preprocessing:
+    """The one preprocessing decision of an extraction.
+
+    ``kind`` is what :func:`input_kind` said about the images: tensors, DataLoader batches and
+    datasets of tensors are used as given (the model's transform applies to PIL images only),
+    PIL images and files go through ``transform`` or, for a timm model, its data config.
+    ``normalization`` (and else the ``Normalize`` inside ``transform`` or the dataset's own
+    transform) says what un-normalises the kept images.
+    """
+    if transform is not None and not callable(transform):
+        raise TypeError(
+            f"transform must be callable (e.g. a torchvision transform taking a PIL image and "
+            f"returning a (3, H, W) tensor); got {type(transform).__name__}."
+        )
+    if transform is not None and kind == "tensor":
+        raise ValueError(
+            "transform= applies to PIL images, files and datasets; an image tensor is used as "
+            "given (already preprocessed). Drop transform=, or apply it to the tensor first."
+        )
+    if transform is not None and kind == "loader":
+        raise ValueError(
+            "transform= cannot be applied to a DataLoader's batches; put it in the Dataset "
+            "(or pass the Dataset and transform= here)."
+        )
+    none = dict.fromkeys(_FIELDS, "none")
+    if transform is not None:
+        norm = _find_normalize(transform)
+        src = dict.fromkeys(_FIELDS, "transform argument")
+        if not norm:
+            src.update(mean="none", std="none")
+        pre = Preprocessing(
+            None,
+            None,
+            None,
+            norm[0] if norm else None,
+            norm[1] if norm else None,
+            src,
+            transform,
+            " ".join(repr(transform).split())[:500],
+        )
+    elif kind in ("tensor", "loader", "dataset_tensors") or not _is_timm_model(model):
+        pre = Preprocessing(None, None, None, None, None, none)
+    else:
+        pre = _from_timm_config(_timm_config(model), dict.fromkeys(_FIELDS, "timm data config"))
+    if normalization is not None:
+        mean, std = _parse_normalization(normalization)
+        src = dict(pre.source, mean="normalization argument", std="normalization argument")
+        pre = _replace(pre, mean=mean, std=std, source=src)
+    elif pre.mean is None and kind.startswith("dataset"):
+        norm = _find_normalize(dataset_transform)
+        if norm:
+            src = dict(pre.source, mean="dataset transform", std="dataset transform")
+            pre = _replace(pre, mean=norm[0], std=norm[1], source=src)
+    return pre
+
+
+def _replace(pre: Preprocessing, **changes) -> Preprocessing:
+    from dataclasses import replace
+
+    return replace(pre, **changes)
+
+
+def _need_transform(pre: Preprocessing, model: nn.Module, what: str) -> Callable:
+    if pre.transform is None:
+        raise ValueError(
+            f"{what} must be preprocessed into tensors, but {type(model).__name__} is not a timm "
+            f"model, so its preprocessing is unknown. Pass transform=..., e.g. "
+            f"torchvision.transforms.Compose([Resize(256), CenterCrop(224), ToTensor(), "
+            f"Normalize(mean, std)]) with your model's mean and std, or pass an already "
+            f"preprocessed (B, 3, H, W) tensor."
+        )
+    return pre.transform
+
+
+# ------------------------------------------------------------------------ input sources
+def _label_of(y: Any) -> int:
+    if isinstance(y, bool):
+        return -1
+    if isinstance(y, (int, np.integer)):
+        return int(y)
+    if isinstance(y, torch.Tensor) and y.numel() == 1 and not y.is_floating_point():
+        return int(y)
+    return -1
+
+
+def _open_image(path: Path):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ValueError(
+            f"could not decode image file {str(path)!r} ({exc}). Remove or replace it and run the "
+            f"extraction again."
+        ) from exc
+
+
+def _is_pil(x: Any) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow is a core dependency
+        return False
+    return isinstance(x, Image.Image)
+
+
+class _Source:
+    """Where images come from; yields preprocessed (b, C, H, W) float batches."""
+
+    n: int | None = None
+    label_names: list[str] | None = None
+    description = ""
+
+    def data_fingerprint(self) -> str:
+        raise NotImplementedError
+
+    def batches(self, start: int, batch_size: int) -> Iterator[tuple[torch.Tensor, list, list]]:
+        raise NotImplementedError
+
+
+class _TensorSource(_Source):
+    def __init__(self, x: torch.Tensor):
+        if x.ndim != 4:
+            hint = " Add the batch dimension: x.unsqueeze(0)." if x.ndim == 3 else ""
+            raise ValueError(
+                f"an image tensor must have shape (B, C, H, W); got {tuple(x.shape)}.{hint}"
+            )
+        if not x.is_floating_point():
+            raise TypeError(
+                f"an image tensor must be float, preprocessed as the model expects (e.g. "
+                f"normalised); got dtype {x.dtype}. Convert with x.float() / 255 and normalise, "
+                f"or pass PIL images / a folder so the model's own preprocessing is applied."
+            )
+        if x.shape[0] == 0:
+            raise ValueError("the image tensor is empty (batch size 0); nothing to extract.")
+        self.x, self.n = x, x.shape[0]
+        self.description = f"tensor {tuple(x.shape)}"
+
+    def data_fingerprint(self) -> str:
+        return _engine.tensor_fingerprint(self.x)
+
+    def batches(self, start, batch_size):
+        for s in range(start, self.n, batch_size):
+            e = min(s + batch_size, self.n)
+            yield self.x[s:e], [-1] * (e - s), [f"tensor[{i}]" for i in range(s, e)]
+
+
+class _ItemSource(_Source):
+    """Anything indexable one item at a time: a Dataset, a list of PIL images or of paths."""
+
+    def __init__(
+        self,
+        get: Callable[[int], Any],
+        n: int,
+        ids: list[str],
+        prep: Callable,
+        labels: list[int] | None,
+        description: str,
+        fingerprint: str,
+    ):
+        self.get, self.n, self.ids, self.prep = get, n, ids, prep
+        self.labels, self.description, self._fp = labels, description, fingerprint
+
+    def data_fingerprint(self) -> str:
+        return self._fp
+
+    def batches(self, start, batch_size):
+        for s in range(start, self.n, batch_size):
+            e = min(s + batch_size, self.n)
+            xs, labels = [], []
+            for i in range(s, e):
+                x, y = self.prep(self.get(i), i)
+                xs.append(x)
+                labels.append(self.labels[i] if self.labels is not None else y)
+            shapes = {tuple(x.shape) for x in xs}
+            if len(shapes) > 1:
+                raise ValueError(
+                    f"images {self.ids[s]!r}..{self.ids[e - 1]!r} have different sizes after "
+                    f"preprocessing ({sorted(shapes)[:3]}); add a Resize and CenterCrop to "
+                    f"transform so every image has the same size."
+                )
+            yield torch.stack(xs), labels, self.ids[s:e]
+
+
+class _LoaderSource(_Source):
+    def __init__(self, loader, out_given: bool):
+        from torch.utils.data import RandomSampler
+
+        self.loader = loader
+        self.description = f"DataLoader over {type(loader.dataset).__name__}"
+        self.n = None
+        try:
+            n = len(loader.sampler) if loader.sampler is not None else len(loader.dataset)
+            self.n = (n // loader.batch_size) * loader.batch_size if loader.drop_last else n
+        except TypeError:
+            pass
+        if out_given and isinstance(getattr(loader, "sampler", None), RandomSampler):
+            raise ValueError(
+                "this DataLoader shuffles (shuffle=True), so an interrupted extraction could not "
+                "be resumed in the same order; pass shuffle=False or the Dataset itself."
+            )
+        names = getattr(loader.dataset, "classes", None)
+        if isinstance(names, (list, tuple)) and all(isinstance(c, str) for c in names):
+            self.label_names = list(names)
+
+    def data_fingerprint(self) -> str:
+        return f"{type(self.loader.dataset).__qualname__}:{self.n}"
+
+    def batches(self, start, batch_size):
+        seen = 0
+        for batch in self.loader:
+            x, y = batch, None
+            if isinstance(batch, (tuple, list)):
+                if not batch or not isinstance(batch[0], torch.Tensor):
+                    raise TypeError(
+                        "each DataLoader batch must be a tensor (B, C, H, W) or a tuple whose "
+                        f"first item is one; got a {type(batch).__name__} of "
+                        f"{[type(b).__name__ for b in batch][:3]}."
+                    )
+                x, y = batch[0], batch[1] if len(batch) > 1 else None
+            if not isinstance(x, torch.Tensor) or x.ndim != 4:
+                raise TypeError(
+                    "each DataLoader batch must hold an image tensor of shape (B, C, H, W); got "
+                    f"{type(x).__name__} {tuple(getattr(x, 'shape', ()))}."
+                )
+            b = x.shape[0]
+            if seen + b <= start:
+                seen += b
+                continue
+            skip = max(0, start - seen)
+            if (
+                isinstance(y, torch.Tensor)
+                and y.ndim == 1
+                and y.shape[0] == b
+                and not (y.is_floating_point())
+            ):
+                labels = [int(v) for v in y]
+            else:
+                labels = [-1] * b
+            ids = [f"loader[{i}]" for i in range(seen, seen + b)]
+            seen += b
+            yield x[skip:], labels[skip:], ids[skip:]
+
+
+def _list_folder(folder: Path) -> tuple[list[Path], list[int] | None, list[str] | None, list]:
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{str(folder)!r} is not a folder.")
+    files, skipped = [], []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            if name.startswith("."):
+                continue
+            p = Path(root) / name
+            (files if p.suffix.lower() in IMAGE_EXTENSIONS else skipped).append(p)
+    if not files:
+        if not skipped:
+            raise ValueError(
+                f"folder {str(folder)!r} is empty: put image files ({', '.join(IMAGE_EXTENSIONS)}) "
+                f"in it, or in one sub-folder per class."
+            )
+        shown = ", ".join(repr(str(p.relative_to(folder))) for p in skipped[:5])
+        raise ValueError(
+            f"folder {str(folder)!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)}); found "
+            f"{len(skipped)} other file(s), e.g. {shown}."
+        )
+    # Sub-folders are class labels (ImageFolder style); files directly in the folder get -1.
+    rel = [p.relative_to(folder) for p in files]
+    top = sorted({r.parts[0] for r in rel if len(r.parts) > 1})
+    labels = names = None
+    if top:
+        names = top
+        index = {n: i for i, n in enumerate(top)}
+        labels = [index[r.parts[0]] if len(r.parts) > 1 else -1 for r in rel]
+    return files, labels, names, skipped
+
+
+def input_kind(images: Any) -> tuple[str, Any]:
+    """What ``images`` is, as the preprocessing decision needs it; and a dataset's first item.
+
+    The kind is one of ``'tensor'``, ``'loader'``, ``'dataset_tensors'`` (a Dataset whose first
+    item is a tensor), ``'dataset'``, ``'files'`` (a path or a list of paths) and ``'pil'``. The
+    first item of a dataset is read here only (reading may be expensive or counted).
+    """
+    from torch.utils.data import DataLoader, Dataset
+
+    if isinstance(images, torch.Tensor):
+        return "tensor", None
+    if isinstance(images, np.ndarray):
+        raise TypeError(
+            "images as a numpy array is ambiguous (layout, range); pass a preprocessed torch "
+            "tensor (B, C, H, W), a list of PIL images, or a folder."
+        )
+    if isinstance(images, (str, os.PathLike)):
+        return "files", None
+    if isinstance(images, DataLoader):
+        return "loader", None
+    if isinstance(images, Dataset) or (
+        hasattr(images, "__getitem__")
+        and hasattr(images, "__len__")
+        and not isinstance(images, (list, tuple))
+    ):
+        if len(images) == 0:
+            raise ValueError("the dataset is empty; nothing to extract.")
+        first = images[0]
+        first = first[0] if isinstance(first, (tuple, list)) and first else first
+        return ("dataset_tensors" if isinstance(first, torch.Tensor) else "dataset"), first
+    if isinstance(images, (list, tuple)):
+        if images and all(isinstance(p, (str, os.PathLike)) for p in images):
+            return "files", None
+        return "pil", None
+    raise TypeError(
+        f"images must be a (B, C, H, W) tensor, a torch Dataset or DataLoader, a list of PIL "
+        f"images or file paths, or a folder path; got {type(images).__name__}."
+    )
+
+
+def make_source(
+    images: Any, kind: str, first: Any, pre: Preprocessing, model: nn.Module, out_given: bool
+) -> tuple[_Source, dict]:
+    """Turn the user's ``images`` (``kind`` and ``first`` from :func:`input_kind`) into a source.
+
+    Also returns extra metadata (skipped files).
+    """
+    extra: dict = {}
+    if kind == "tensor":
+        return _TensorSource(images), extra
+    if kind == "files" and isinstance(images, (str, os.PathLike)):
+        folder = Path(images)
+        if not folder.exists():
+            raise FileNotFoundError(f"image folder {str(folder)!r} does not exist.")
+        if folder.is_file():
+            files, labels, names, skipped = [folder], None, None, []
+        else:
+            files, labels, names, skipped = _list_folder(folder)
+        if skipped:
+            extra["skipped_files"] = [str(p) for p in skipped[:20]]
+            extra["n_skipped_files"] = len(skipped)
+            warnings.warn(
+                f"{len(skipped)} non-image file(s) in {str(folder)!r} were skipped (only "
+                f"{', '.join(IMAGE_EXTENSIONS)} are read), e.g. {str(skipped[0])!r}.",
+                UserWarning,
+                stacklevel=3,
+            )
+        prep = _pil_prep(_need_transform(pre, model, "image files"))
+        ids = [str(p) for p in files]
+        fp = _engine.strings_fingerprint(
+            [
+                f"{p.relative_to(folder) if folder.is_dir() else p.name}:{p.stat().st_size}"
+                for p in files
+            ]
+        )
+        src = _ItemSource(
+            lambda i: _open_image(files[i]),
+            len(files),
+            ids,
+            prep,
+            labels,
+            f"folder {str(folder)!r} ({len(files)} images)",
+            fp,
+        )
+        src.label_names = names
+        return src, extra
+    if kind == "loader":
+        return _LoaderSource(images, out_given), extra
+    if kind.startswith("dataset"):
+        ds = images
+        n = len(ds)
+        prep = _dataset_prep(pre, model)
+        src = _ItemSource(
+            ds.__getitem__,
+            n,
+            [f"dataset[{i}]" for i in range(n)],
+            prep,
+            None,
+            f"{type(ds).__name__} ({n} items)",
+            # class, length and the first item: a cheap guard against resuming on other data
+            f"{type(ds).__qualname__}:{n}:"
+            + (_engine.tensor_fingerprint(first) if isinstance(first, torch.Tensor) else ""),
+        )
+        names = getattr(ds, "classes", None)
+        if isinstance(names, (list, tuple)) and all(isinstance(c, str) for c in names):
+            src.label_names = list(names)
+        return src, extra
+    items = list(images)
+    if not items:
+        raise ValueError("the list of images is empty; nothing to extract.")
+    if kind == "files":
+        paths = [Path(p) for p in items]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"image file(s) not found: {missing[:5]}.")
+        prep = _pil_prep(_need_transform(pre, model, "image files"))
+        fp = _engine.strings_fingerprint([f"{p}:{p.stat().st_size}" for p in paths])
+        return _ItemSource(
+            lambda i: _open_image(paths[i]),
+            len(paths),
+            [str(p) for p in paths],
+            prep,
+            None,
+            f"{len(paths)} image files",
+            fp,
+        ), extra
+    bad = [type(x).__name__ for x in items if not _is_pil(x)]
+    if bad:
+        raise TypeError(
+            f"a list of images must hold PIL images (or file paths); found {bad[0]}. Tensors "
+            f"go in as one (B, C, H, W) batch: torch.stack(list_of_tensors)."
+        )
+    prep = _pil_prep(_need_transform(pre, model, "PIL images"))
+    fp = _engine.strings_fingerprint(
+        [
+            f"{im.size}{im.mode}{_engine.tensor_fingerprint(torch.from_numpy(np.asarray(im)))}"
+            for im in items
+        ]
+        if out_given
+        else []
+    )
+    return _ItemSource(
+        lambda i: items[i].convert("RGB"),
+        len(items),
+        [f"image[{i}]" for i in range(len(items))],
+        prep,
+        None,
+        f"{len(items)} PIL images",
+        fp,
+    ), extra
+
+
+def _pil_prep(transform: Callable) -> Callable:
+    def prep(img, i):
+        x = transform(img)
+        if not isinstance(x, torch.Tensor) or x.ndim != 3:
+            raise TypeError(
+                f"transform must turn an image into a (C, H, W) tensor; it returned "
+                f"{type(x).__name__} {tuple(getattr(x, 'shape', ()))}. End it with ToTensor() "
+                f"(and Normalize)."
+            )
+        return x, -1
+
+    return prep
+
+
+def _dataset_prep(pre: Preprocessing, model: nn.Module) -> Callable:
+    def prep(item, i):
+        y = -1
+        if isinstance(item, (tuple, list)) and item:
+            item, y = item[0], _label_of(item[1]) if len(item) > 1 else -1
+        if isinstance(item, np.ndarray) and item.ndim == 3 and item.dtype == np.uint8:
+            from PIL import Image
+
+            item = Image.fromarray(item)
+        if _is_pil(item):
+            x = _need_transform(pre, model, "the dataset's PIL images")(item.convert("RGB"))
+        elif isinstance(item, torch.Tensor):
+            x = pre.transform(item) if pre.user_transform else item
+        else:
+            raise TypeError(
+                f"dataset[{i}] is a {type(item).__name__}; a dataset must yield an image tensor "
+                f"(C, H, W), a PIL image, or a tuple (image, label)."
+            )
+        if not isinstance(x, torch.Tensor) or x.ndim != 3 or not x.is_floating_point():
+            raise TypeError(
+                f"dataset[{i}] gave {type(x).__name__} {tuple(getattr(x, 'shape', ()))} "
+                f"{getattr(x, 'dtype', '')} after preprocessing; the model needs a float tensor "
+                f"(C, H, W)."
+            )
+        return x, y
+
+    return prep
+
+
+# ------------------------------------------------------------------------ thumbnails
+def thumbnails(
+    x: torch.Tensor, mean: tuple | None, std: tuple | None, max_size: int | None
+) -> np.ndarray | None:
+    """uint8 (b, H, W, 3) images as the model saw them, un-normalised, at most max_size px."""
+    c = x.shape[1]
+    if c not in (1, 3):
+        return None
+    x = x.detach().to("cpu", torch.float32)
+    if mean is not None and std is not None and len(mean) in (1, c):
+        m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        x = x * s + m
+    elif float(x.min()) < 0 or float(x.max()) > 1:
+        lo = x.amin(dim=(1, 2, 3), keepdim=True)
+        hi = x.amax(dim=(1, 2, 3), keepdim=True)
+        x = (x - lo) / (hi - lo).clamp(min=1e-12)
+    h, w = x.shape[-2:]
+    if max_size is not None and max(h, w) > max_size:
+        scale = max_size / max(h, w)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    x = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    if c == 1:
+        x = x.expand(-1, 3, -1, -1)
+    return x.permute(0, 2, 3, 1).contiguous().numpy()
