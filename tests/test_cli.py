@@ -80,6 +80,9 @@ def test_demo_run_writes_a_browsable_report(demo_run, capsys):
     assert all(0.0 <= row["purity"] <= 1.0 for row in table)
     assert (demo_run / "activations.cp").exists()
     assert (demo_run / "fit" / "concepts.safetensors").is_file()
+    # The demo explains its model out of the box: its 4 most frequent classes.
+    explanation = summary["explanation"]
+    assert len(explanation["classes"]) == 4 and explanation["method"] == "gradient"
 
 
 def test_stage_subcommands_chain(demo_run, tmp_path, capsys):

@@ -13,12 +13,15 @@ from .banks import BankMatch, ClassBank, ConceptBanks, fit_class_banks, predict_
 from .faithfulness import DeletionInsertion, Faithfulness
 from .importance import ConceptImportance, jansen_total_indices, sobol_design
 from .splice import ConceptExplainer
+from .summary import ClassExplanation, ClassExplanations, explain_classes, image_inputs
 from .targets import Target, class_names_of, model_logits, resolve_targets
 
 __all__ = [
     "AttributionMap",
     "BankMatch",
     "ClassBank",
+    "ClassExplanation",
+    "ClassExplanations",
     "ConceptBanks",
     "ConceptExplainer",
     "ConceptImportance",
@@ -27,7 +30,9 @@ __all__ = [
     "Target",
     "class_names_of",
     "concept_attribution_map",
+    "explain_classes",
     "fit_class_banks",
+    "image_inputs",
     "jansen_total_indices",
     "model_logits",
     "predict_classes",

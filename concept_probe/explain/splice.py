@@ -560,6 +560,18 @@ class ConceptExplainer:
         return [self.Z[self._rows[s]] for s in samples]
 
     # ------------------------------------------------------------------ public API
+    def verify(self, n: int | None = None) -> None:
+        """Run the splice on the first ``n`` inputs (default one batch) to check them.
+
+        Raises
+        ------
+        ValueError
+            If the layer output on those inputs does not reproduce the activations (other
+            inputs, order, preprocessing or weights) or has another shape.
+        """
+        n = min(self.n_samples, self.batch_size if n is None else int(n))
+        self.outputs(list(range(n)))
+
     def outputs(
         self,
         samples: Any = None,

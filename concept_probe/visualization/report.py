@@ -99,6 +99,7 @@ def write_report(
     reduce: str = "max",
     title: str | None = None,
     overwrite: bool = True,
+    explanation=None,
 ) -> Path:
     """Write a browsable report of a fit: ``index.html``, the PNGs it shows, ``summary.json``.
 
@@ -128,6 +129,11 @@ def write_report(
         Page title (defaults to the model and layer).
     overwrite : bool, default=True
         Replace an existing report in ``out``.
+    explanation : ClassExplanations, optional
+        What :func:`concept_probe.explain.explain_classes` computed: adds the section "Which
+        concepts does the model use?" (per class, concepts ranked by importance with their
+        top inputs, deletion / insertion curves, faithfulness) and ``summary.json``'s
+        ``explanation`` entry.
 
     Returns
     -------
@@ -160,11 +166,13 @@ def write_report(
     out = Path(out)
     _check_out(out, overwrite)
     with atomic_directory(out) as tmp:
-        _build(tmp, nmf, acts, Z, W, D, k, reduce, title)
+        _build(tmp, nmf, acts, Z, W, D, k, reduce, title, explanation)
     return out
 
 
-def _build(tmp: Path, nmf, acts, Z, W, D, k: int, reduce: str, title: str | None) -> None:
+def _build(
+    tmp: Path, nmf, acts, Z, W, D, k: int, reduce: str, title: str | None, explanation=None
+) -> None:
     from .figures import (
         plot_concept_overview,
         plot_factor_purity,
@@ -320,6 +328,12 @@ def _build(tmp: Path, nmf, acts, Z, W, D, k: int, reduce: str, title: str | None
                 "position)</h3>",
                 f"<img src='concept_{c}_prototypes.png' alt='rows that make up concept {c}'>",
             ]
+    explain_summary = None
+    if explanation is not None:  # the section lives in its own module
+        from ._explain_section import render
+
+        extra, explain_summary = render(tmp, explanation, acts, Z, k=min(k, 4))
+        parts += extra
     parts.append("</body></html>")
     (tmp / "index.html").write_text("\n".join(parts), encoding="utf-8")
 
@@ -336,6 +350,7 @@ def _build(tmp: Path, nmf, acts, Z, W, D, k: int, reduce: str, title: str | None
         "estimator": _estimator_info(nmf),
         "concepts": summary_concepts,
         "factor_table": table.to_rows() if table is not None else None,
+        "explanation": explain_summary,
     }
     (tmp / "summary.json").write_text(
         json.dumps(_json_safe(summary), indent=2, allow_nan=False), encoding="utf-8"
