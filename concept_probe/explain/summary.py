@@ -93,10 +93,12 @@ def image_inputs(model, images: Any, *, transform=None, batch_size: int = 64) ->
     -------
     Tensor of shape (n_images, C, H, W)
     """
-    from ..extraction.vision import _make_source, _resolve_preprocess
+    from ..extraction._vision_inputs import decide_preprocessing, input_kind, make_source
 
-    pre = _resolve_preprocess(model, transform)
-    source, _ = _make_source(images, pre, model, False)
+    kind, first = input_kind(images)
+    dataset_transform = getattr(images, "transform", None) if kind.startswith("dataset") else None
+    pre = decide_preprocessing(model, kind, transform, None, dataset_transform)
+    source, _ = make_source(images, kind, first, pre, model, False)
     return torch.cat([x for x, _, _ in source.batches(0, batch_size)])
 
 
