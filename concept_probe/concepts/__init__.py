@@ -3,6 +3,13 @@
 Pure functions of tensors plus row provenance (an ``Activations``); nothing here draws.
 """
 
+from .composition import (
+    InputComposition,
+    WeightCoverage,
+    composition_by_input,
+    weight_by_input,
+    weight_coverage,
+)
 from .metrics import ConceptStats, FactorMatch, FactorTable, concept_stats, factor_table
 from .ranking import (
     ConceptPrototypes,
@@ -17,10 +24,15 @@ __all__ = [
     "ConceptStats",
     "FactorMatch",
     "FactorTable",
+    "InputComposition",
     "TopSamples",
+    "WeightCoverage",
+    "composition_by_input",
     "concept_prototypes",
     "concept_stats",
     "factor_table",
     "sample_scores",
     "top_samples",
+    "weight_by_input",
+    "weight_coverage",
 ]

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from .composition import composition_by_input, weight_coverage
 from .ranking import _as_codes, sample_scores
 
 __all__ = ["ConceptStats", "FactorMatch", "FactorTable", "concept_stats", "factor_table"]
@@ -30,6 +31,25 @@ class ConceptStats:
         Share of the reconstruction: ``||Z[:, c]||^2 ||D[c]||^2`` over the sum across concepts
         (``nan`` without a dictionary).
     mean_code, max_code : float
+    dominant_rows : float
+        Density: share of the rows whose largest term in the reconstruction is this
+        concept's (``Z[i, c] ||D[c]||``, or ``Z[i, c]`` without a dictionary); rows with no
+        active concept count for none. Sums to at most 1 over the concepts, so it stays
+        informative on mixed-sign layers where every concept is "used" by every sample.
+    dominant_inputs : float
+        The same over inputs, with each input's terms max-pooled over its rows.
+    effective_rows : float
+        ``1 / sum(w_i^2)`` with ``w = W[c] / W[c].sum()`` (``nan`` without ``W``).
+    rows_50, rows_90 : int
+        Fewest rows holding 50% / 90% of the concept's convex weight (-1 without ``W``).
+    top_rows_share : float
+        Share of the weight on the ``k`` largest weights (the rows a report shows).
+    top_inputs_share : float
+        Share of the weight on the ``k`` inputs that carry most of it.
+    effective_inputs : float
+        ``1 / sum(s_i^2)`` over the inputs' shares ``s`` of the weight.
+    k : int
+        The ``k`` of ``top_rows_share`` and ``top_inputs_share``.
     """
 
     concept: int
@@ -39,14 +59,25 @@ class ConceptStats:
     share: float
     mean_code: float
     max_code: float
+    dominant_rows: float = float("nan")
+    dominant_inputs: float = float("nan")
+    effective_rows: float = float("nan")
+    rows_50: int = -1
+    rows_90: int = -1
+    top_rows_share: float = float("nan")
+    top_inputs_share: float = float("nan")
+    effective_inputs: float = float("nan")
+    k: int = 0
 
     def to_dict(self) -> dict:
         """Plain dict (JSON-ready)."""
         return asdict(self)
 
 
-def concept_stats(Z, D=None, acts=None, active_threshold: float = 0.05) -> list[ConceptStats]:
-    """Usage, sparsity and reconstruction share of every concept.
+def concept_stats(
+    Z, D=None, acts=None, active_threshold: float = 0.05, *, W=None, k: int = 9
+) -> list[ConceptStats]:
+    """Usage, density, reconstruction share and weight coverage of every concept.
 
     Parameters
     ----------
@@ -57,6 +88,12 @@ def concept_stats(Z, D=None, acts=None, active_threshold: float = 0.05) -> list[
         Row provenance, to count samples rather than rows.
     active_threshold : float, default=0.05
         A code counts as "on" above this fraction of the concept's largest code.
+    W : Tensor of shape (n_concepts, n_rows), optional
+        Convex weights of the same rows, for the coverage fields (``effective_rows``,
+        ``rows_50``, ``rows_90``, ``top_rows_share``; with ``acts`` also
+        ``top_inputs_share`` and ``effective_inputs``).
+    k : int, default=9
+        Rows / inputs counted in ``top_rows_share`` and ``top_inputs_share``.
 
     Returns
     -------
@@ -77,6 +114,18 @@ def concept_stats(Z, D=None, acts=None, active_threshold: float = 0.05) -> list[
         share = energy / energy.sum().clamp(min=1e-300)
     else:
         share = torch.full((Z.shape[1],), float("nan"), dtype=torch.float64)
+    dom_rows, dom_inputs = _dominance(Z, D, acts)
+    cov = comp = None
+    if W is not None:
+        W = _as_codes(W, "W")
+        if W.shape[0] != Z.shape[1] or W.shape[1] != Z.shape[0]:
+            raise ValueError(
+                f"W must have shape (n_concepts, n_rows) = ({Z.shape[1]}, {Z.shape[0]}) to "
+                f"match Z; got {tuple(W.shape)}. W is the estimator's convex weights (nmf.W)."
+            )
+        cov = weight_coverage(W, k=k)
+        if acts is not None:
+            comp = composition_by_input(W, acts, k=k)
     out = []
     for c in range(Z.shape[1]):
         n_using = int(on_samples[:, c].sum()) if float(zmax[c]) > 0 else 0
@@ -89,9 +138,36 @@ def concept_stats(Z, D=None, acts=None, active_threshold: float = 0.05) -> list[
                 share=float(share[c]),
                 mean_code=float(Z[:, c].mean()),
                 max_code=float(zmax[c]),
+                dominant_rows=float(dom_rows[c]),
+                dominant_inputs=float(dom_inputs[c]),
+                effective_rows=cov[c].effective_rows if cov else float("nan"),
+                rows_50=cov[c].rows_50 if cov else -1,
+                rows_90=cov[c].rows_90 if cov else -1,
+                top_rows_share=cov[c].top_rows_share if cov else float("nan"),
+                top_inputs_share=comp[c].coverage if comp else float("nan"),
+                effective_inputs=comp[c].effective_inputs if comp else float("nan"),
+                k=cov[c].k if cov else 0,
             )
         )
     return out
+
+
+def _dominance(Z: torch.Tensor, D, acts) -> tuple[torch.Tensor, torch.Tensor]:
+    """Share of rows / inputs whose largest reconstruction term is each concept's."""
+    k = Z.shape[1]
+    terms = Z * D.square().sum(dim=1).sqrt()[None, :] if D is not None else Z
+    rows = torch.zeros(k, dtype=torch.float64)
+    if Z.shape[0]:
+        active = terms.amax(dim=1) > 0
+        winners = torch.argmax(terms, dim=1)[active]
+        rows = torch.bincount(winners, minlength=k).double() / Z.shape[0]
+    pooled = acts.sample_scores(terms, "max") if acts is not None else terms
+    inputs = torch.zeros(k, dtype=torch.float64)
+    if pooled.shape[0]:
+        active = pooled.amax(dim=1) > 0
+        winners = torch.argmax(pooled, dim=1)[active]
+        inputs = torch.bincount(winners, minlength=k).double() / pooled.shape[0]
+    return rows, inputs
 
 
 @dataclass
@@ -172,25 +248,42 @@ class FactorTable:
         return "\n".join(lines)
 
 
-def _auc(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-    """ROC AUC of each column of ``scores`` (n, k) for the boolean labels (n,); ties averaged."""
-    n_pos = positive.sum()
-    n_neg = positive.numel() - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return torch.full((scores.shape[1],), float("nan"), dtype=torch.float64)
-    out = []
-    for c in range(scores.shape[1]):
-        s = scores[:, c]
-        order = torch.argsort(s)
-        ranks = torch.empty_like(s, dtype=torch.float64)
-        ranks[order] = torch.arange(1, s.numel() + 1, dtype=torch.float64)
-        # average ranks over ties
-        uniq, inv, counts = torch.unique(s, return_inverse=True, return_counts=True)
-        sums = torch.zeros(uniq.numel(), dtype=torch.float64).index_add_(0, inv, ranks)
-        ranks = (sums / counts)[inv]
-        u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2
-        out.append(u / (n_pos * n_neg))
-    return torch.stack(out).double()
+class _RankedCodes:
+    """Every concept's codes sorted once, shared by all factor values of a factor table.
+
+    ``order[c]`` sorts column ``c`` ascending, ``ascending[c]`` holds the sorted codes and
+    ``ranks[c, j]`` the (1-based) rank of the ``j``-th smallest code, ties given the average
+    of the ranks they occupy. numpy sorts here: on one CPU thread its sort is several times
+    faster than torch's.
+    """
+
+    def __init__(self, Z: torch.Tensor):
+        C = np.ascontiguousarray(Z.cpu().numpy().T)  # (k, n) float64
+        k, n = C.shape
+        self.n = n
+        self.order = np.argsort(C, axis=1)
+        self.ascending = np.take_along_axis(C, self.order, axis=1)
+        j = np.arange(n)
+        first = np.ones((k, n), dtype=bool)  # first entry of a run of equal codes
+        first[:, 1:] = self.ascending[:, 1:] != self.ascending[:, :-1]
+        last = np.ones((k, n), dtype=bool)
+        last[:, :-1] = first[:, 1:]
+        start = np.maximum.accumulate(np.where(first, j, 0), axis=1)
+        end = np.minimum.accumulate(np.where(last, j, n - 1)[:, ::-1], axis=1)[:, ::-1]
+        self.ranks = (start + end) / 2.0 + 1.0
+
+    def rank_sums(self, bucket: np.ndarray, n_buckets: int) -> np.ndarray:
+        """Sum of the ranks of each bucket's rows (``bucket`` in [0, n_buckets)), per concept."""
+        k = self.order.shape[0]
+        flat = (bucket[self.order] + np.arange(k)[:, None] * n_buckets).ravel()
+        sums = np.bincount(flat, weights=self.ranks.ravel(), minlength=k * n_buckets)
+        return sums.reshape(k, n_buckets)
+
+    def counts_at(self, cut: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per concept, rows with a code above ``cut[c]`` and rows equal to it."""
+        below = np.array([np.searchsorted(a, x, "left") for a, x in zip(self.ascending, cut)])
+        upto = np.array([np.searchsorted(a, x, "right") for a, x in zip(self.ascending, cut)])
+        return self.n - upto, upto - below
 
 
 def factor_table(
@@ -223,31 +316,44 @@ def factor_table(
     top = int(top)
     matches, purity_all, values_all = [], {}, {}
     n = Z.shape[0]
-    ranked = torch.sort(Z, dim=0, descending=True).values  # (n, k)
-    alive = ranked[0] > 0 if n else torch.zeros(Z.shape[1], dtype=torch.bool)
+    codes = _RankedCodes(Z)
+    alive = codes.ascending[:, -1] > 0 if n else np.zeros(Z.shape[1], dtype=bool)
+    Zn = Z.cpu().numpy()
     for factor, lab in labels.items():
-        lab = torch.as_tensor(lab).to(Z.device).long()
+        lab = torch.as_tensor(lab).long()
         if lab.shape != (n,):
             raise ValueError(
                 f"labels[{factor!r}] must have shape ({n},), one value per row of Z; "
                 f"got {tuple(lab.shape)}."
             )
+        lab = lab.cpu().numpy()
         n_values = int(lab.max()) + 1 if (lab >= 0).any() else 0
         names = (value_names or {}).get(factor) or [str(v) for v in range(n_values)]
-        P = torch.full((Z.shape[1], max(n_values, len(names))), float("nan"), dtype=torch.float64)
+        width = max(n_values, len(names))
+        P = torch.full((Z.shape[1], width), float("nan"), dtype=torch.float64)
+        # Rows grouped by value once (negatives: one extra bucket), so each value then costs
+        # O(its rows x k), and one pass over the sorted codes gives every value's rank sum.
+        bucket = np.where(lab >= 0, lab, width)
+        by_value = np.argsort(bucket, kind="stable")
+        counts = np.bincount(bucket, minlength=width + 1)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        rank_sums = codes.rank_sums(bucket, width + 1)
         for v in range(len(names)):
-            pos = lab == v
-            m = int(pos.sum())
+            m = int(counts[v])
             if m == 0:
                 continue
-            hits = _precision_at(Z, ranked, pos, min(top, m))  # (k,) precision at t
-            r_prec = _precision_at(Z, ranked, pos, m)  # (k,) R-precision
-            P[:, v] = hits
-            auc = _auc(Z, pos)
+            Zpos = Zn[by_value[starts[v] : starts[v] + m]]
+            hits = _precision_at(Zpos, codes, min(top, m))  # (k,) precision at t
+            r_prec = _precision_at(Zpos, codes, m)  # (k,) R-precision
+            P[:, v] = torch.from_numpy(hits)
+            # Mann-Whitney: (sum of the positives' ranks - m (m + 1) / 2) / (m (n - m)).
+            if m < n:
+                auc = (rank_sums[:, v] - m * (m + 1) / 2) / (m * (n - m))
+            else:
+                auc = np.full(Z.shape[1], np.nan)
             # Best concept: highest purity, ties broken by R-precision; a concept that never
             # fires (all codes zero) only scores chance and is never named.
-            score = torch.where(alive, hits + 1e-6 * r_prec, torch.full_like(hits, -1.0))
-            best = int(torch.argmax(score))
+            best = int(np.argmax(np.where(alive, hits + 1e-6 * r_prec, -1.0)))
             matches.append(
                 FactorMatch(
                     factor=factor,
@@ -265,19 +371,16 @@ def factor_table(
     return FactorTable(matches=matches, purity=purity_all, values=values_all)
 
 
-def _precision_at(Z: torch.Tensor, ranked: torch.Tensor, pos: torch.Tensor, t: int):
+def _precision_at(Zpos: np.ndarray, codes: _RankedCodes, t: int) -> np.ndarray:
     """Fraction of each concept's ``t`` strongest rows that are positive, ties averaged.
 
-    Rows tied with the ``t``-th strongest code count by their expected share under a random
-    order of the tie, so the result does not depend on row order; a concept that is zero
-    everywhere scores the positives' share of the rows (chance), not whatever rows come first.
+    ``Zpos`` (m, k) holds the positive rows' codes. Rows tied with the ``t``-th strongest
+    code count by their expected share under a random order of the tie, so the result does
+    not depend on row order; a concept that is zero everywhere scores the positives' share
+    of the rows (chance), not whatever rows come first.
     """
-    cut = ranked[t - 1]  # (k,)
-    above = Z > cut
-    tied = Z == cut
-    posd = pos[:, None].double()
-    n_above = above.sum(dim=0).double()
-    hits_above = (above * posd).sum(dim=0)
-    n_tied = tied.sum(dim=0).double()
-    hits_tied = (tied * posd).sum(dim=0)
-    return (hits_above + (t - n_above) * hits_tied / n_tied.clamp(min=1)) / t
+    cut = codes.ascending[:, codes.n - t]  # (k,) the t-th largest code
+    n_above, n_tied = codes.counts_at(cut)
+    hits_above = (Zpos > cut).sum(axis=0)
+    hits_tied = (Zpos == cut).sum(axis=0)
+    return (hits_above + (t - n_above) * hits_tied / np.maximum(n_tied, 1)) / t

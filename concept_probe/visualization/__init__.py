@@ -6,6 +6,7 @@ matplotlib is imported only when a figure is drawn.
 
 from .figures import (
     overlay_heatmap,
+    plot_composition,
     plot_concept_overview,
     plot_factor_purity,
     plot_loss_history,
@@ -19,6 +20,7 @@ from .tokens import highlight_tokens_html, plot_token_highlights, token_codes
 __all__ = [
     "highlight_tokens_html",
     "overlay_heatmap",
+    "plot_composition",
     "plot_concept_overview",
     "plot_factor_purity",
     "plot_loss_history",

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..concepts import concept_prototypes, top_samples
+from ..concepts import composition_by_input, concept_prototypes, top_samples
 from ..concepts.ranking import _as_codes
 from ._common import (
     as_numpy,
@@ -26,6 +26,7 @@ from ._common import (
 
 __all__ = [
     "overlay_heatmap",
+    "plot_composition",
     "plot_concept_overview",
     "plot_factor_purity",
     "plot_loss_history",
@@ -265,6 +266,74 @@ def plot_prototypes(W, acts, concept: int, *, k: int = 8, tile: float = 1.3, con
     return fig
 
 
+def plot_composition(
+    W,
+    acts,
+    concept: int,
+    *,
+    k: int = 8,
+    cmap: str = "viridis",
+    alpha: float = 0.7,
+    tile: float = 1.3,
+):
+    """The inputs a concept is made of: images ranked by their share of ``W[concept]``.
+
+    Each image is drawn with the heatmap of its rows' convex weights in the concept (for
+    spatial activations) and titled with its share of the concept's total weight; the figure
+    title states the coverage (the share all shown images carry together).
+
+    Parameters
+    ----------
+    W : Tensor of shape (n_concepts, n_rows)
+        Convex weights (``ConvexNMF.W``) of the activations the estimator was fitted on.
+    acts : Activations
+        Those activations (image kinds, with ``images``).
+    concept : int
+    k : int, default=8
+        How many inputs.
+    cmap, alpha : colour map and opacity of the weight heatmap.
+    tile : float, default=1.3
+        Size of one image in inches.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    require_kind(
+        acts,
+        ("spatial", "pooled"),
+        "plot_composition",
+        "For text, shade tokens by weight: highlight_tokens_html(W.T, acts, sample, concept).",
+    )
+    W = _as_codes(W, "W")
+    concept = check_concept(concept, W.shape[0])
+    images = require_images(acts, "plot_composition")
+    comp = composition_by_input(W, acts, concept=concept, k=k)
+    heat = acts.heatmaps(W[concept : concept + 1].T) if acts.kind == "spatial" else None
+    n = comp.samples.numel()
+    fig = new_figure(tile * n + 0.3, tile + 0.6)
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    vmax = float(heat.max()) if heat is not None and heat.numel() else None
+    for j in range(n):
+        i = int(comp.samples[j])
+        share = f"{100 * float(comp.share[j]):.1f}%"
+        show_heatmap(
+            axes[j],
+            images[i],
+            None if heat is None else heat[i, :, :, 0],
+            title=f"{share} · {short_id(acts.sample_ids[i], 12)}" if acts.sample_ids else share,
+            cmap=cmap,
+            alpha=alpha,
+            vmax=vmax,
+        )
+    fig.suptitle(
+        f"concept {concept}: the {n} inputs carrying most of its weight hold "
+        f"{100 * comp.coverage:.1f}% of it",
+        fontsize=8,
+    )
+    return fig
+
+
 def _text_prototypes(proto, acts, context: int, tile: float):
     lines = []
     for j in range(proto.rows.numel()):
@@ -294,7 +363,11 @@ def _text_prototypes(proto, acts, context: int, tile: float):
 
 
 def plot_concept_overview(stats, *, ax=None):
-    """Bar chart of every concept's share of the reconstruction and of the samples using it.
+    """Bar chart of every concept's share of the reconstruction and its density.
+
+    Density is ``dominant_inputs``: the share of inputs whose largest reconstruction term is
+    this concept's (see :class:`concept_probe.ConceptStats`); both bars sum to at most 1
+    over the concepts.
 
     Parameters
     ----------
@@ -316,12 +389,13 @@ def plot_concept_overview(stats, *, ax=None):
         fig = ax.figure
     idx = np.arange(len(stats))
     share = np.array([s.share for s in stats], dtype=float)
-    using = np.array([s.frac_samples_using for s in stats], dtype=float)
+    density = np.array([s.dominant_inputs for s in stats], dtype=float)
     ax.bar(idx - 0.2, np.nan_to_num(share), width=0.4, label="share of reconstruction")
-    ax.bar(idx + 0.2, using, width=0.4, label="fraction of samples using it")
+    ax.bar(idx + 0.2, np.nan_to_num(density), width=0.4, label="inputs where it dominates")
     ax.set_xticks(idx, [str(s.concept) for s in stats], fontsize=7)
     ax.set_xlabel("concept")
-    ax.set_ylim(0, 1.05)
+    top = np.nanmax(np.concatenate([np.nan_to_num(share), np.nan_to_num(density), [0.05]]))
+    ax.set_ylim(0, min(1.05, 1.15 * top))
     ax.legend(fontsize=7, loc="upper right")
     return fig
 
