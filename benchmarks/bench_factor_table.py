@@ -57,7 +57,6 @@ def _loop_precision(Z, ranked, pos, t):
 def loop_table(Z, labels, top=50):
     """The previous factor_table: (value, purity, AUC, R-precision) of each value's best."""
     Z = Z.double()
-    n = Z.shape[0]
     ranked = torch.sort(Z, dim=0, descending=True).values
     alive = ranked[0] > 0
     rows = []

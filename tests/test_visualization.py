@@ -191,8 +191,17 @@ def test_write_report(tmp_path, kind):
         assert [t["sample"] for t in c["top_samples"]] == top.indices.tolist()
         proto = cp.concept_prototypes(nmf.W, acts, concept=c["concept"], k=3)
         assert [p["row"] for p in c["prototypes"]] == proto.rows.tolist()
+        comp = cp.composition_by_input(nmf.W, acts, concept=c["concept"], k=3)
+        assert c["composition"]["samples"] == comp.samples.tolist()
+        assert c["composition"]["coverage"] == pytest.approx(comp.coverage)
+        cov = cp.weight_coverage(nmf.W, concept=c["concept"], k=3)
+        assert c["stats"]["effective_rows"] == pytest.approx(cov.effective_rows)
+        assert (c["stats"]["rows_50"], c["stats"]["rows_90"]) == (cov.rows_50, cov.rows_90)
+        assert f"carry {100 * comp.coverage:.1f}% of the concept's convex weight" in index
+    assert "samples using it" not in index  # replaced by the density columns
     pngs = list(out.glob("*.png"))
-    assert len(pngs) == (1 if kind == "text" else 5)
+    # overview + per concept: top samples, composition by input, prototypes
+    assert len(pngs) == (1 if kind == "text" else 7)
     # Writing again replaces the report; nothing is left beside it.
     cp.write_report(nmf, acts, Z, out, k=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]

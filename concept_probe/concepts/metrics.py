@@ -281,8 +281,9 @@ class _RankedCodes:
 
     def counts_at(self, cut: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per concept, rows with a code above ``cut[c]`` and rows equal to it."""
-        below = np.array([np.searchsorted(a, x, "left") for a, x in zip(self.ascending, cut)])
-        upto = np.array([np.searchsorted(a, x, "right") for a, x in zip(self.ascending, cut)])
+        pairs = list(zip(self.ascending, cut, strict=True))
+        below = np.array([np.searchsorted(a, x, "left") for a, x in pairs])
+        upto = np.array([np.searchsorted(a, x, "right") for a, x in pairs])
         return self.n - upto, upto - below
 
 

@@ -11,7 +11,13 @@ from pathlib import Path
 import torch
 
 from .._io import atomic_directory
-from ..concepts import concept_prototypes, concept_stats, factor_table, top_samples
+from ..concepts import (
+    composition_by_input,
+    concept_prototypes,
+    concept_stats,
+    factor_table,
+    top_samples,
+)
 from ..concepts.ranking import _as_codes
 from ._common import short_id
 
@@ -27,6 +33,7 @@ td, th { border: 1px solid #ddd; padding: 0.2rem 0.5rem; text-align: right; }
 th { background: #f4f4f4; } td.l, th.l { text-align: left; }
 img { max-width: 100%; } .meta { color: #666; font-size: 0.85rem; }
 nav a { margin-right: 0.6rem; font-size: 0.85rem; }
+.scroll { overflow-x: auto; max-width: 100%; }
 .text { font-family: ui-monospace, monospace; font-size: 0.85rem; line-height: 1.8;
         margin: 0.3rem 0; padding: 0.3rem; background: #fafafa; }
 .tok { border-radius: 2px; } .tag { background: #eef; padding: 0 0.3rem; border-radius: 3px; }
@@ -174,6 +181,7 @@ def _build(
     tmp: Path, nmf, acts, Z, W, D, k: int, reduce: str, title: str | None, explanation=None
 ) -> None:
     from .figures import (
+        plot_composition,
         plot_concept_overview,
         plot_factor_purity,
         plot_prototypes,
@@ -182,7 +190,8 @@ def _build(
     from .tokens import highlight_tokens_html
 
     n_concepts = W.shape[0]
-    stats = concept_stats(Z, D, acts)
+    stats = concept_stats(Z, D, acts, W=W, k=k)
+    compositions = composition_by_input(W, acts, k=k)
     ranked = top_samples(Z, acts, k=k, reduce=reduce)
     order = sorted(
         range(n_concepts), key=lambda c: -(stats[c].share if math.isfinite(stats[c].share) else 0)
@@ -220,7 +229,10 @@ def _build(
         )
         + "</p>",
         "<nav>" + "".join(f"<a href='#concept-{c}'>concept {c}</a>" for c in order) + "</nav>",
-        "<h2>Overview</h2><img src='overview.png' alt='share and usage of every concept'>",
+        "<h2>Overview</h2><p class='meta'>Per concept: its share of the reconstruction "
+        "and its density, the share of inputs whose largest reconstruction term "
+        "(code x dictionary norm, max over the input's rows) is this concept's.</p>"
+        "<img src='overview.png' alt='share and density of every concept'>",
     ]
     if table is not None:
         _save_png(plot_factor_purity(table), tmp / "factors.png")
@@ -241,9 +253,10 @@ def _build(
             "the whole value, not a subset such as 'red squares' for 'red'). "
             f"{100 * table.fraction_above_chance(2.0):.0f}% of values have a concept with purity "
             "above twice chance.</p>",
-            "<table><tr><th class='l'>factor</th><th class='l'>value</th><th>concept</th>"
+            "<div class='scroll'><table><tr><th class='l'>factor</th><th class='l'>value</th>"
+            "<th>concept</th>"
             "<th>purity</th><th>chance</th><th>lift</th><th>AUC</th><th>R-precision</th></tr>"
-            f"{rows}</table>",
+            f"{rows}</table></div>",
             "<img src='factors.png' alt='purity of every concept for every factor value'>",
         ]
 
@@ -271,7 +284,14 @@ def _build(
                 zip(proto.rows, proto.sample, proto.weights, proto.share, strict=True)
             )
         ]
-        entry = {"concept": c, "stats": s.to_dict(), "top_samples": tops, "prototypes": protos}
+        comp = compositions[c]
+        entry = {
+            "concept": c,
+            "stats": s.to_dict(),
+            "top_samples": tops,
+            "prototypes": protos,
+            "composition": comp.to_dict(),
+        }
         if c in tracks:
             entry["tracks"] = [
                 {"factor": m.factor, "value": m.value, "purity": m.purity} for m in tracks[c]
@@ -285,28 +305,37 @@ def _build(
             for m in tracks.get(c, [])
         )
         parts.append(
-            "<table><tr><th>share of reconstruction</th><th>samples using it</th>"
-            "<th>sparsity</th><th>mean code</th><th>max code</th></tr>"
-            f"<tr><td>{_fmt(s.share)}</td><td>{s.n_samples_using} "
-            f"({100 * s.frac_samples_using:.0f}%)</td><td>{_fmt(s.sparsity)}</td>"
-            f"<td>{_fmt(s.mean_code)}</td><td>{_fmt(s.max_code)}</td></tr></table>"
+            "<div class='scroll'><table><tr><th>share of reconstruction</th>"
+            "<th>inputs where it dominates</th><th>rows where it dominates</th>"
+            "<th>mean code</th><th>max code</th><th>effective rows in W</th>"
+            "<th>rows for 50% / 90% of W</th></tr>"
+            f"<tr><td>{_fmt(s.share)}</td><td>{100 * s.dominant_inputs:.1f}%</td>"
+            f"<td>{100 * s.dominant_rows:.1f}%</td><td>{_fmt(s.mean_code)}</td>"
+            f"<td>{_fmt(s.max_code)}</td><td>{s.effective_rows:.1f}</td>"
+            f"<td>{s.rows_50} / {s.rows_90}</td></tr></table></div>"
             + (f"<p>Tracks:{tag}</p>" if tag else "")
         )
+        coverage = _coverage_note(s, comp, acts)
         drawable = (
             acts.texts is not None and acts.char_spans is not None
             if acts.kind == "text"
             else acts.images is not None
         )
         if not drawable:
-            parts += _table_fallback(acts, tops, protos)
+            parts += _table_fallback(acts, tops, protos, coverage)
         elif acts.kind == "text":
             parts.append("<h3>Top-activating texts (by Z)</h3>")
             for t in tops:
                 parts.append(
                     f"<div class='text'>{highlight_tokens_html(Z, acts, t['sample'], c)}</div>"
                 )
+            parts.append("<h3>The texts it is made of (by their share of W)</h3>" + coverage)
+            vmax_w = float(W[c].max())
+            for i, sh in zip(comp.samples.tolist(), comp.share.tolist(), strict=True):
+                shaded = highlight_tokens_html(W.T, acts, i, c, vmax=vmax_w, color=(0, 150, 255))
+                parts.append(f"<div class='text'><b>{100 * sh:.1f}%</b> {shaded}</div>")
             parts.append(
-                "<h3>What makes it up (largest weights in W)</h3><table>"
+                "<h3>Rows that make it up (largest weights in W)</h3><div class='scroll'><table>"
                 "<tr><th>share</th><th class='l'>token in context</th></tr>"
             )
             for p in protos:
@@ -314,17 +343,21 @@ def _build(
                     f"<tr><td>{100 * p['share']:.1f}%</td><td class='l'>"
                     f"{_token_context(acts, p['row'], p['sample'])}</td></tr>"
                 )
-            parts.append("</table>")
+            parts.append("</table></div>")
         else:
             _save_png(
                 plot_top_samples(Z, acts, c, k=k, reduce=reduce), tmp / f"concept_{c}_top.png"
             )
             _save_png(plot_prototypes(W, acts, c, k=k), tmp / f"concept_{c}_prototypes.png")
+            _save_png(plot_composition(W, acts, c, k=k), tmp / f"concept_{c}_composition.png")
             what = "with the concept's heatmap" if acts.kind == "spatial" else ""
             parts += [
                 f"<h3>Top-activating samples (by Z) {what}</h3>",
                 f"<img src='concept_{c}_top.png' alt='top samples of concept {c}'>",
-                "<h3>What makes it up (largest weights in W; outlined: the contributing "
+                "<h3>The inputs it is made of (by their share of W; heatmap: the weight of "
+                "each position)</h3>" + coverage,
+                f"<img src='concept_{c}_composition.png' alt='inputs that make up concept {c}'>",
+                "<h3>Rows that make it up (largest weights in W; outlined: the contributing "
                 "position)</h3>",
                 f"<img src='concept_{c}_prototypes.png' alt='rows that make up concept {c}'>",
             ]
@@ -357,6 +390,18 @@ def _build(
     )
 
 
+def _coverage_note(s, comp, acts) -> str:
+    """One sentence on how much of the concept's weight the shown inputs and rows carry."""
+    what = "texts" if acts.kind == "text" else "images"
+    return (
+        f"<p class='meta coverage'>Coverage: the {comp.samples.numel()} {what} shown carry "
+        f"{100 * comp.coverage:.1f}% of the concept's convex weight and its {s.k} largest "
+        f"weights {100 * s.top_rows_share:.1f}%; {s.effective_rows:.1f} effective rows "
+        f"(1 / sum of squared normalised weights) and {comp.effective_inputs:.1f} effective "
+        f"{what}; {s.rows_50} rows hold 50% of the weight and {s.rows_90} rows 90%.</p>"
+    )
+
+
 def _token_context(acts, row: int, sample: int, context: int = 6) -> str:
     rows = acts.rows_of(sample)
     where = int((rows == row).nonzero()[0, 0])
@@ -371,7 +416,7 @@ def _token_context(acts, row: int, sample: int, context: int = 6) -> str:
     return text
 
 
-def _table_fallback(acts, tops: list[dict], protos: list[dict]) -> list[str]:
+def _table_fallback(acts, tops: list[dict], protos: list[dict], coverage: str) -> list[str]:
     """Tables of ids, scores and positions, for activations kept without images or texts."""
     ids = acts.sample_ids or [str(i) for i in range(acts.n_samples)]
     out = [
@@ -385,7 +430,8 @@ def _table_fallback(acts, tops: list[dict], protos: list[dict]) -> list[str]:
         for t in tops
     ]
     out.append(
-        "</table><h3>What makes it up (largest weights in W)</h3><table><tr><th>share</th>"
+        "</table><h3>What makes it up (largest weights in W)</h3>" + coverage + "<table>"
+        "<tr><th>share</th>"
         "<th class='l'>sample</th><th>position</th></tr>"
     )
     out += [
