@@ -30,7 +30,14 @@ from .errors import (
     LayerNotFoundError,
     NotFittedError,
 )
-from .explain import ConceptExplainer, ConceptImportance
+from .explain import (
+    ConceptBanks,
+    ConceptExplainer,
+    ConceptImportance,
+    concept_attribution_map,
+    explain_classes,
+    fit_class_banks,
+)
 from .extraction import (
     Activations,
     capture_layers,
@@ -57,6 +64,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Activations",
+    "ConceptBanks",
     "ConceptExplainer",
     "ConceptImportance",
     "ConceptProbeError",
@@ -76,11 +84,14 @@ __all__ = [
     "__version__",
     "capture_layers",
     "composition_by_input",
+    "concept_attribution_map",
     "concept_prototypes",
     "concept_stats",
+    "explain_classes",
     "extract_image_activations",
     "extract_text_activations",
     "factor_table",
+    "fit_class_banks",
     "highlight_tokens_html",
     "list_layers",
     "load_text_model",

@@ -121,7 +121,8 @@ def test_resnet_splice_is_exact_with_residual(resnet_case, seed):
 @pytest.mark.parametrize("seed", range(2))
 def test_resnet_codes_land_at_their_positions(resnet_case, residual, seed):
     model, x, acts, nmf, Z = resnet_case
-    ex = ConceptExplainer(model, nmf, acts, Z, inputs=x, progress=False, batch_size=4)
+    # tail=None: every pass goes through the hook, which the helper watches
+    ex = ConceptExplainer(model, nmf, acts, Z, inputs=x, progress=False, batch_size=4, tail=None)
     samples = list(range(acts.n_samples))
     codes = random_codes(ex, samples, seed)
     ref = reference_layer_output(ex, model, "layer2", x, codes, residual, nchw_flat)
@@ -161,7 +162,7 @@ def test_vit_splice_exact_and_prefix_tokens_untouched(vit, include, seed):
     x = torch.randn(3, 3, 32, 32, generator=g)
     acts = extract_image_activations(vit, "blocks.0", x, include_tokens=include, progress=False)
     nmf, Z = fit(acts, k=3, seed=seed)
-    ex = ConceptExplainer(vit, nmf, acts, Z, inputs=x, progress=False)
+    ex = ConceptExplainer(vit, nmf, acts, Z, inputs=x, progress=False, tail=None)
     with torch.no_grad():
         plain = vit(x)
     assert torch.equal(ex.outputs(), plain)
@@ -209,7 +210,9 @@ def test_text_splice_exact_and_padding_untouched(tiny_bert, seed):
     model, tok = tiny_bert
     acts = extract_text_activations(model, tok, "encoder.layer.0", TEXTS, progress=False)
     nmf, Z = fit(acts, k=3, seed=seed)
-    ex = ConceptExplainer(model, nmf, acts, Z, tokenizer=tok, progress=False, batch_size=3)
+    ex = ConceptExplainer(
+        model, nmf, acts, Z, tokenizer=tok, progress=False, batch_size=3, tail=None
+    )
     enc = tok(TEXTS, padding=True, return_tensors="pt")
     with torch.no_grad():
         plain = model(**enc).last_hidden_state
@@ -288,3 +291,27 @@ def test_bad_input_is_refused_with_clear_errors(resnet_case, vit):
         ConceptExplainer(model, nmf, acts, Z[:3], inputs=x)
     with pytest.raises(ValueError, match="features"):
         ConceptExplainer(model, torch.rand(4, 7), acts, Z, inputs=x)
+
+
+# ---------------------------------------------------------------------------- the cut model
+def test_cut_after_the_layer_gives_the_same_results_as_the_full_forward(resnet_case, vit):
+    model, x, acts, nmf, Z = resnet_case
+    cut = ConceptExplainer(model, nmf, acts, Z, inputs=x, progress=False, batch_size=7)
+    full = ConceptExplainer(model, nmf, acts, Z, inputs=x, progress=False, tail=None)
+    a = cut.importance([0, 3], method="sobol", nb_design=8, samples=[1, 4])
+    b = full.importance([0, 3], method="sobol", nb_design=8, samples=[1, 4])
+    assert cut.tail_info == "cut after 'layer2': runs only layer3, layer4, global_pool, fc"
+    assert full.tail_info == "full forward pass with the splice hook (tail=None)"
+    torch.testing.assert_close(a.values, b.values, rtol=1e-4, atol=1e-6)
+    occ_cut = cut.importance(1, method="occlusion")
+    occ_full = full.importance(1, method="occlusion")
+    torch.testing.assert_close(occ_cut.values, occ_full.values, rtol=1e-4, atol=1e-5)
+    # a ViT is not a chain of its children (token pooling in forward_head): full forward
+    xv = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    av = extract_image_activations(vit, "blocks.0", xv, progress=False)
+    nv, zv = fit(av, k=3)
+    ev = ConceptExplainer(vit, nv, av, zv, inputs=xv, progress=False)
+    ev.importance(0, method="occlusion")
+    assert ev.tail_info.startswith("full forward pass"), ev.tail_info
+    with pytest.raises(ValueError, match="tail must be 'auto', None or a callable"):
+        ConceptExplainer(model, nmf, acts, Z, inputs=x, tail="yes")

@@ -318,6 +318,13 @@ class ConceptExplainer:
         Where the model runs; by default the device of the dictionary (the fit's device).
     progress : bool, default=True
         Show a progress bar (tqdm).
+    tail : 'auto', None or callable, default='auto'
+        Perturbed passes without gradients (Sobol, occlusion, deletion curves) can run only
+        the part of the model after the layer, on the layer output computed once per input.
+        ``'auto'`` finds it where the model is a chain of its children after the layer (timm
+        ResNets, ``nn.Sequential``) and checks it reproduces the model's output, else runs
+        the whole model with the hook; ``None`` always runs the whole model; a callable
+        ``tail(layer_output) -> output`` is used as given. ``tail_info`` says which is used.
 
     Raises
     ------
@@ -360,6 +367,7 @@ class ConceptExplainer:
         batch_size: int = 64,
         device: str | torch.device | None = None,
         progress: bool = True,
+        tail: Any = "auto",
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
@@ -425,6 +433,16 @@ class ConceptExplainer:
         self.class_names = list(class_names) if class_names is not None else class_names_of(model)
         self._rows = [acts.rows_of(i) for i in range(acts.n_samples)]
         self._checked: set[int] = set()
+        if not (tail is None or tail == "auto" or callable(tail)):
+            raise ValueError(
+                f"tail must be 'auto', None or a callable(layer_output) -> model output; got "
+                f"{tail!r}."
+            )
+        self.tail = tail
+        self.tail_info = "not decided yet (decided on the first perturbed pass)"
+        self._tail = None
+        self._tail_state = "unknown"
+        self._prefix_cache: dict[int, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ basics
     @property
@@ -467,11 +485,14 @@ class ConceptExplainer:
         residual: bool,
         grad: bool = False,
         reduce: Callable[[Any], torch.Tensor] | None = None,
+        cut: bool = False,
     ) -> Any:
         """One forward pass of ``samples`` (repeats allowed) with their rows' codes replaced.
 
         ``codes[j]`` holds the (perturbed) codes of the rows of ``samples[j]``; None leaves the
-        layer alone (the plain model). Returns ``reduce(output)`` (or the output).
+        layer alone (the plain model). Returns ``reduce(output)`` (or the output). ``cut``
+        allows running only the part of the model after the layer (see ``tail``): equal to
+        the full pass to float tolerance, not bitwise, so :meth:`outputs` never cuts.
         """
         layout, D = self.layout, self.D
         b = len(samples)
@@ -518,6 +539,8 @@ class ConceptExplainer:
                     new = flat.index_put((jb, self.slot[row_cat].to(flat.device)), live + delta)
                 return layout.unflat(new, out)
 
+            if cut and not grad and self._tail_fn() is not None:
+                return self._forward_tail(samples, splice, reduce)
             ctx = _splice_hook(self.model, self.layer, splice)
         else:
             ctx = _no_hook(self.model)
@@ -533,6 +556,85 @@ class ConceptExplainer:
         if codes is not None:
             self._checked.update(samples)
         return result
+
+    # ------------------------------------------------------------------ the cut model
+    def _prefix(self, samples: Sequence[int]) -> torch.Tensor:
+        """The layer's output for some inputs, computed once and cached (the model's head)."""
+        from ..extraction.hooks import capture_layers
+
+        missing = [s for s in dict.fromkeys(samples) if s not in self._prefix_cache]
+        if missing:
+            if len(self._prefix_cache) + len(missing) > 4 * self.batch_size:
+                self._prefix_cache.clear()
+            with capture_layers(self.model, self.layer) as cap:
+                out = cap.run(self._inputs.batch(missing), stop_early=True)[self.layer]
+            for j, s in enumerate(missing):
+                self._prefix_cache[s] = out[j : j + 1]
+        return torch.cat([self._prefix_cache[s] for s in samples])
+
+    def _forward_tail(self, samples, splice, reduce):
+        with torch.inference_mode():
+            out = self._tail(splice(self._prefix(samples)))
+            result = reduce(out) if reduce is not None else out
+        self._checked.update(samples)
+        return result
+
+    def _tail_fn(self):
+        """The part of the model after the layer, when it can be cut there (else None).
+
+        ``tail='auto'``: the modules that follow the layer in registration order, at every
+        level of its dotted name (``layer3`` -> ``layer4, global_pool, fc`` of a timm ResNet),
+        run one after the other. Used only if that reproduces the model's output on the first
+        inputs; otherwise (a ViT's token pooling, a transformers model's tuples, any forward
+        that is not a chain of its children) every pass runs the whole model with the hook.
+        """
+        if self._tail_state != "unknown":
+            return self._tail
+        self._tail_state = "off"
+        if self.tail is None:
+            self.tail_info = "full forward pass with the splice hook (tail=None)"
+            return None
+        if callable(self.tail):
+            self._tail, self._tail_state = self.tail, "on"
+            self.tail_info = "user-supplied tail"
+            return self._tail
+        chain = _sequential_tail(self.model, self.layer)
+        if not chain:
+            self.tail_info = "full forward pass (nothing follows the layer among its siblings)"
+            return None
+        names = [n for n, _ in chain]
+
+        def run_chain(h):
+            for _, m in chain:
+                h = m(h)
+            return h
+
+        n = min(4, self.n_samples)
+        try:
+            with torch.inference_mode():
+                x = self._x(n)
+                ref = model_logits(self.model(**x) if isinstance(x, dict) else self.model(x))
+                got = model_logits(run_chain(self._prefix(list(range(n)))))
+            scale = float(ref.abs().max()) + 1e-6
+            ok = got.shape == ref.shape and bool(
+                torch.allclose(got.float(), ref.float(), rtol=1e-4, atol=1e-4 * scale)
+            )
+        except Exception as exc:  # any failure means "cannot cut the model here"
+            why = " ".join(str(exc).split())[:120]
+            self.tail_info = f"full forward pass (the modules after the layer fail alone: {why})"
+            return None
+        if not ok:
+            self.tail_info = (
+                "full forward pass (running the modules after the layer in order does not "
+                "reproduce the model's output)"
+            )
+            return None
+        self._tail, self._tail_state = run_chain, "on"
+        self.tail_info = f"cut after {self.layer!r}: runs only {', '.join(names)}"
+        return self._tail
+
+    def _x(self, n: int):
+        return self._inputs.batch(list(range(n)))
 
     def _pooled_slice(self, flat: torch.Tensor) -> slice:
         if self.layout.layout != "tokens":
@@ -656,6 +758,7 @@ class ConceptExplainer:
                     codes,
                     residual=res,
                     reduce=functools.partial(_targets_of, targets, len(chunk)),
+                    cut=True,
                 )
                 out[s : s + len(chunk)] = vals.double().cpu()
                 bar.update(len(chunk))
@@ -720,6 +823,23 @@ class ConceptExplainer:
         from .attribution import concept_attribution_map
 
         return concept_attribution_map(self, sample, concept, method=method, **kw)
+
+
+def _sequential_tail(model: nn.Module, layer: str) -> list[tuple[str, nn.Module]]:
+    """Modules registered after ``layer`` at each level of its dotted name, innermost first."""
+    parts = layer.split(".")
+    modules = dict(model.named_modules())
+    chain: list[tuple[str, nn.Module]] = []
+    for depth in range(len(parts) - 1, -1, -1):
+        parent_name = ".".join(parts[:depth])
+        parent = modules[parent_name] if parent_name else model
+        names = [n for n, _ in parent.named_children()]
+        if parts[depth] not in names:
+            return []
+        after = names[names.index(parts[depth]) + 1 :]
+        prefix = f"{parent_name}." if parent_name else ""
+        chain += [(prefix + n, getattr(parent, n)) for n in after]
+    return chain
 
 
 def _targets_of(targets: Sequence[Target], n: int, output: Any) -> torch.Tensor:
