@@ -35,6 +35,7 @@ EXPECTED = [
     "02_language_concepts_minilm.ipynb",
     "03_solvers.ipynb",
     "04_bring_your_own_model.ipynb",
+    "05_explain.ipynb",
 ]
 
 

@@ -4,6 +4,11 @@ Nothing here recomputes maths: the numbers come from :mod:`concept_probe.concept
 matplotlib is imported only when a figure is drawn.
 """
 
+from ._explain_section import (
+    plot_attribution_map,
+    plot_class_explanation,
+    plot_deletion_insertion,
+)
 from .figures import (
     overlay_heatmap,
     plot_composition,
@@ -20,8 +25,11 @@ from .tokens import highlight_tokens_html, plot_token_highlights, token_codes
 __all__ = [
     "highlight_tokens_html",
     "overlay_heatmap",
+    "plot_attribution_map",
+    "plot_class_explanation",
     "plot_composition",
     "plot_concept_overview",
+    "plot_deletion_insertion",
     "plot_factor_purity",
     "plot_loss_history",
     "plot_prototypes",

@@ -17,6 +17,7 @@ import torch
 from ._common import new_figure
 
 __all__ = [
+    "plot_attribution_map",
     "plot_class_explanation",
     "plot_class_importance",
     "plot_deletion_insertion",
@@ -100,6 +101,44 @@ def plot_class_explanation(importance, curves, target: int = 0, *, top: int = 10
     _importance_panel(axes[0], importance, target, top)
     _curve_panel(axes[1], curves, target, "deletion")
     _curve_panel(axes[2], curves, target, "insertion")
+    return fig
+
+
+def plot_attribution_map(amap, image, *, cmap: str = "inferno", alpha: float = 0.6):
+    """An input-space attribution map beside the concept's upsampled code heatmap.
+
+    Parameters
+    ----------
+    amap : AttributionMap
+        From :func:`concept_probe.explain.concept_attribution_map`.
+    image : uint8 Tensor of shape (H, W, 3)
+        The input as drawn (e.g. ``acts.images[amap.sample]``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from .figures import show_heatmap
+
+    fig = new_figure(7.5, 2.7)
+    axes = fig.subplots(1, 3)
+    show_heatmap(axes[0], image, None, title=f"input {amap.sample}")
+    show_heatmap(
+        axes[1],
+        image,
+        amap.code_map.clamp(min=0),
+        title=f"codes of concept {amap.concept}",
+        cmap=cmap,
+        alpha=alpha,
+    )
+    show_heatmap(
+        axes[2],
+        image,
+        amap.input_map.clamp(min=0),
+        title=f"{amap.method} attribution",
+        cmap=cmap,
+        alpha=alpha,
+    )
     return fig
 
 
