@@ -231,6 +231,11 @@ def test_text_splice_exact_and_padding_untouched(tiny_bert, seed):
         assert torch.equal(got[untouched], live[untouched])
     imp = ex.importance(mean_embedding, method="occlusion")
     assert imp.values.shape == (3, 1, 3) and imp.targets == ["mean_embedding"]
+    # a transformers model is not a chain of its children: tail='auto' falls back, same values
+    auto = ConceptExplainer(model, nmf, acts, Z, tokenizer=tok, progress=False)
+    again = auto.importance(mean_embedding, method="occlusion")
+    assert auto.tail_info.startswith("full forward pass"), auto.tail_info
+    torch.testing.assert_close(again.values, imp.values, rtol=1e-4, atol=1e-6)  # other batches
 
 
 # ---------------------------------------------------------------------------- gradient

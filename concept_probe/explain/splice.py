@@ -177,9 +177,12 @@ def _splice_hook(model: nn.Module, layer: str, fn: Callable) -> Iterator[None]:
 class _Inputs:
     """Model inputs by sample index: a tensor of images, or texts through a tokenizer."""
 
-    def __init__(self, inputs: Any, acts: Activations, tokenizer: Any, device: torch.device):
+    def __init__(
+        self, inputs: Any, acts: Activations, tokenizer: Any, device: torch.device, model: nn.Module
+    ):
         self.device = device
         self.tokenizer = tokenizer
+        self.model = model
         if acts.kind == "text":
             if tokenizer is None:
                 raise ValueError(
@@ -255,7 +258,7 @@ class _Inputs:
             )
         where = {s: j for j, s in enumerate(uniq)}
         pick = torch.as_tensor([where[s] for s in samples], dtype=torch.long)
-        accepted = _accepted_inputs(self.model) if hasattr(self, "model") else None
+        accepted = _accepted_inputs(self.model)
         return {
             k: v[pick].to(self.device)
             for k, v in enc.items()
@@ -428,8 +431,7 @@ class ConceptExplainer:
         self.Z = Z.detach().to("cpu", torch.float32)
         self.layout = _Layout.of(acts)
         self.slot = self.layout.slots(acts.position)
-        self._inputs = _Inputs(inputs, acts, tokenizer, self.device)
-        self._inputs.model = model
+        self._inputs = _Inputs(inputs, acts, tokenizer, self.device, model)
         self.class_names = list(class_names) if class_names is not None else class_names_of(model)
         self._rows = [acts.rows_of(i) for i in range(acts.n_samples)]
         self._checked: set[int] = set()
