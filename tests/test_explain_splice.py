@@ -320,3 +320,27 @@ def test_cut_after_the_layer_gives_the_same_results_as_the_full_forward(resnet_c
     assert ev.tail_info.startswith("full forward pass"), ev.tail_info
     with pytest.raises(ValueError, match="tail must be 'auto', None or a callable"):
         ConceptExplainer(model, nmf, acts, Z, inputs=x, tail="yes")
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_pooled_rows_shift_the_map_so_its_mean_is_the_new_row(resnet_case, residual):
+    model, x, _, _, _ = resnet_case
+    acts = extract_image_activations(model, "layer2", x, mode="pooled", progress=False)
+    nmf, Z = fit(acts, k=3)
+    ex = ConceptExplainer(model, nmf, acts, Z, inputs=x, progress=False, tail=None)
+    with torch.no_grad():
+        assert torch.equal(ex.outputs(), model(x))
+    codes = random_codes(ex, range(6), seed=4)
+    got = spliced_layer_output(ex, list(range(6)), codes, residual, nchw_flat)
+    with capture_layers(model, "layer2") as cap:
+        live = nchw_flat(cap.run(x)["layer2"])
+    new_rows = torch.cat(codes) @ ex.D
+    want_mean = acts.A + (torch.cat(codes) - Z) @ ex.D if residual else new_rows
+    torch.testing.assert_close(got.mean(dim=1), want_mean, rtol=1e-4, atol=1e-5)
+    # the deviations of every position from the mean are the model's own
+    torch.testing.assert_close(
+        got - got.mean(dim=1, keepdim=True),
+        live - live.mean(dim=1, keepdim=True),
+        rtol=1e-4,
+        atol=1e-5,
+    )
