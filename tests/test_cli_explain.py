@@ -57,6 +57,8 @@ def test_explain_stage_on_the_demo_writes_the_section(demo_fit, tmp_path, capsys
         "red solid circle",
         "--explain",
         "5",
+        "--top",
+        "2",
         "--out",
         tmp_path / "r",
         "--quiet",
