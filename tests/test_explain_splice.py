@@ -344,3 +344,21 @@ def test_pooled_rows_shift_the_map_so_its_mean_is_the_new_row(resnet_case, resid
         rtol=1e-4,
         atol=1e-5,
     )
+
+
+def test_vit_pooled_patch_tokens_splice_is_exact_and_keeps_the_prefix(vit):
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    acts = extract_image_activations(vit, "blocks.0", x, mode="pooled", progress=False)
+    nmf, Z = fit(acts, k=3)
+    ex = ConceptExplainer(vit, nmf, acts, Z, inputs=x, progress=False, tail=None)
+    with torch.no_grad():
+        assert torch.equal(ex.outputs(), vit(x))
+    codes = random_codes(ex, range(3), seed=1)
+    got = spliced_layer_output(ex, [0, 1, 2], codes, False, lambda o: o)
+    p = vit.num_prefix_tokens
+    with capture_layers(vit, "blocks.0") as cap:
+        live = cap.run(x)["blocks.0"]
+    assert torch.equal(got[:, :p], live[:, :p])  # class and register tokens untouched
+    torch.testing.assert_close(
+        got[:, p:].mean(dim=1), torch.cat(codes) @ ex.D, atol=1e-5, rtol=1e-4
+    )
