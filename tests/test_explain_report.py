@@ -54,3 +54,23 @@ def test_text_classifier_explanation_in_the_report(tmp_path):
     index = (out / "index.html").read_text()
     assert "top inputs of the class" in index and "The cat sat on the mat." in index
     assert "Model accuracy" in index
+
+
+def test_explaining_classes_of_a_model_without_logits_is_refused():
+    tok = transformers.AutoTokenizer.from_pretrained(minilm.get_model_path())
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        vocab_size=len(tok),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    model = transformers.BertModel(cfg).eval()
+    acts = extract_text_activations(model, tok, "encoder.layer.0", TEXTS[:3], progress=False)
+    nmf = ConvexNMF(2, seed=0, tol=1e-3)
+    Z, _ = nmf.fit(acts.A, max_iter=100)
+    ex = ConceptExplainer(model, nmf, acts, Z, tokenizer=tok, progress=False)
+    with pytest.raises(ValueError, match=r"needs a classifier's \(batch, n_classes\) logits"):
+        explain_classes(ex, "predicted")

@@ -102,13 +102,25 @@ def image_inputs(model, images: Any, *, transform=None, batch_size: int = 64) ->
     return torch.cat([x for x, _, _ in source.batches(0, batch_size)])
 
 
+def _predictions(ex) -> torch.Tensor:
+    """The model's top-1 class per input; refuses outputs that are not class logits."""
+    logits = ex.outputs(splice=False)
+    if logits.ndim != 2:
+        raise ValueError(
+            f"explaining classes needs a classifier's (batch, n_classes) logits; this model "
+            f"outputs shape {tuple(logits.shape)}. Explain a callable target with "
+            f"ConceptExplainer.importance(target=lambda output: ...) instead."
+        )
+    return logits.argmax(dim=1)
+
+
 def _samples_of(ex, samples_of: Any) -> dict[int, list[int]]:
     if samples_of is None:
         labels = ex.acts.labels
         if labels is not None and bool((labels >= 0).any()):
             samples_of = labels
         else:
-            samples_of = ex.outputs(splice=False).argmax(dim=1)
+            samples_of = _predictions(ex)
     if isinstance(samples_of, Mapping):
         return {int(k): [int(s) for s in v] for k, v in samples_of.items()}
     lab = torch.as_tensor(np.asarray(samples_of)).long()
@@ -171,7 +183,7 @@ def explain_classes(
     members = _samples_of(ex, samples_of)
     notes = []
     if isinstance(classes, str) and classes == "predicted":
-        pred = ex.outputs(splice=False).argmax(dim=1)
+        pred = _predictions(ex)
         counts = torch.bincount(pred)
         order = torch.argsort(counts, descending=True, stable=True)
         targets = [int(c) for c in order[:max_classes] if counts[c] > 0]
