@@ -27,6 +27,7 @@ from .errors import (
     ConceptProbeError,
     ConvergenceWarning,
     CorruptFileError,
+    InvalidParameterError,
     LayerNotFoundError,
     NotFittedError,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "FactorMatch",
     "FactorTable",
     "InputComposition",
+    "InvalidParameterError",
     "LayerNotFoundError",
     "NotFittedError",
     "SemiNMF",

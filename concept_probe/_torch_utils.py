@@ -105,7 +105,7 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
     if seed is None:
         gen.seed()
     else:
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an int or None; got {type(seed).__name__} {seed!r}.")
-        gen.manual_seed(seed)
+        from ._checks import check_int
+
+        gen.manual_seed(check_int(seed, "seed", minimum=0, none_ok=True))
     return gen

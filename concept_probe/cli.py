@@ -218,11 +218,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------- stages
-def _positive(name: str, value, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if value is None or value < 1:
-        raise UsageError(f"{name} must be a positive integer; got {value}.")
+def _positive(flag: str, value, allow_none: bool = False) -> None:
+    """Check a count flag before anything is loaded (the library's one message template)."""
+    from ._checks import check_positive_int
+    from .errors import InvalidParameterError
+
+    try:
+        check_positive_int(value, flag, none_ok=allow_none)
+    except InvalidParameterError as exc:
+        raise UsageError(str(exc)) from None
+
+
+#: estimator parameter -> the flag that sets it
+_FIT_FLAGS = {
+    "nb_concepts": "--concepts",
+    "solver": "--solver",
+    "l1_penalty": "--l1",
+    "strict_convex": "--strict-convex",
+    "seed": "--seed",
+    "max_iter": "--max-iter",
+}
+
+
+def _estimator(args):
+    """Build the estimator from the flags and check its parameters, before any extraction."""
+    from .errors import InvalidParameterError
+    from .factorization import ConvexNMF
+
+    nmf = ConvexNMF(
+        args.concepts,
+        device=args.device,
+        solver=args.solver,
+        l1_penalty=args.l1,
+        strict_convex=args.strict_convex,
+        verbose=not args.quiet,
+        seed=args.seed,
+        max_iter=args.max_iter,
+    )
+    try:
+        return nmf.check_params()
+    except InvalidParameterError as exc:
+        flag = _FIT_FLAGS.get(exc.param or "")
+        raise UsageError(f"{flag}: {exc}" if flag else str(exc)) from None
 
 
 def _load_vision(args, warn_random: bool = True):
@@ -254,9 +291,6 @@ def _extract(args):
     progress = not args.quiet
     _positive("--batch-size", args.batch_size)
     _positive("--max-rows", args.max_rows, allow_none=True)
-    from ._torch_utils import resolve_device
-
-    resolve_device(args.device)  # fail before loading anything
     if args.texts is not None:
         if not args.model:
             raise UsageError("--texts needs --model (a transformers model folder or hub id).")
@@ -326,8 +360,6 @@ def _extract(args):
             "the demo extracts spatial rows (its report needs them); --mode pooled applies "
             "to --images."
         )
-    if args.seed < 0:
-        raise UsageError(f"--seed must be >= 0; got {args.seed}.")
     from .demo import demo_activations
 
     acts = demo_activations(
@@ -341,32 +373,12 @@ def _extract(args):
     return acts
 
 
-def _check_fit_args(args) -> None:
-    _positive("--concepts", args.concepts)
-    _positive("--max-iter", args.max_iter)
-    if args.l1 < 0:
-        raise UsageError(f"--l1 must be >= 0; got {args.l1}.")
-
-
-def _fit(args, acts):
+def _fit(args, acts, nmf):
     from .errors import ConvergenceWarning
-    from .factorization import ConvexNMF
 
-    _check_fit_args(args)
-    if args.concepts > acts.n_rows:
-        raise UsageError(f"--concepts {args.concepts} exceeds the {acts.n_rows} rows extracted.")
-    nmf = ConvexNMF(
-        args.concepts,
-        device=args.device,
-        solver=args.solver,
-        l1_penalty=args.l1,
-        strict_convex=args.strict_convex,
-        verbose=not args.quiet,
-        seed=args.seed,
-    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        Z, _ = nmf.fit(acts.A, max_iter=args.max_iter)
+        Z, _ = nmf.fit(acts.A)
     for w in caught:
         if issubclass(w.category, ConvergenceWarning):
             print(
@@ -471,9 +483,9 @@ def _cmd_run(args) -> int:
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder.")
-    _check_fit_args(args)
+    nmf = _estimator(args)
     acts = _extract(args)
-    nmf, Z = _fit(args, acts)
+    nmf, Z = _fit(args, acts, nmf)
     out.mkdir(parents=True, exist_ok=True)
     acts.save(out / "activations.cp")
     _save_fit(nmf, Z, acts, out / "fit")
@@ -516,9 +528,9 @@ def _load_acts(path: Path):
 
 def _cmd_fit(args) -> int:
     t0 = time.perf_counter()
-    _check_fit_args(args)
+    nmf = _estimator(args)
     acts = _load_acts(args.activations)
-    nmf, Z = _fit(args, acts)
+    nmf, Z = _fit(args, acts, nmf)
     _save_fit(nmf, Z, acts, args.out)
     _print_done(acts, nmf, t0)
     print(f"Saved the fit to {args.out}")

@@ -7,6 +7,8 @@ report can say which concept tracks which factor value.
 
 from __future__ import annotations
 
+from ._checks import check_positive_int
+
 __all__ = ["demo_activations"]
 
 
@@ -47,8 +49,7 @@ def demo_activations(
     from . import zoo
     from .extraction import extract_image_activations
 
-    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
-        raise ValueError(f"n_images must be a positive integer; got {n_images!r}.")
+    n_images = check_positive_int(n_images, "n_images")
     meta = zoo.demo_metadata()
     cfg = meta["data_config"]
     size = int(cfg["input_size"][-1])

@@ -11,6 +11,7 @@ __all__ = [
     "ConceptProbeError",
     "ConvergenceWarning",
     "CorruptFileError",
+    "InvalidParameterError",
     "LayerNotFoundError",
     "NotFittedError",
 ]
@@ -29,6 +30,20 @@ class NotFittedError(ConceptProbeError, ValueError, AttributeError):
             f"This {name} instance is not fitted yet, so {method}() has no dictionary to use. "
             f"Call {name}.fit(A) first, or load a fitted model with {name}.load(path)."
         )
+
+
+class InvalidParameterError(ConceptProbeError, ValueError, TypeError):
+    """An argument has the wrong type or value.
+
+    The message follows one template: the name, what was expected, what was given and, where
+    it helps, how to fix it. It is both a :class:`ValueError` and a :class:`TypeError`, so code
+    that catches either (as for a plain built-in error) keeps working. ``param`` names the
+    argument (the command line uses it to name the flag instead).
+    """
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 class LayerNotFoundError(ConceptProbeError, ValueError):

@@ -1,5 +1,6 @@
 """Text front end: exact provenance, padding, special tokens, spans, GPT-2 without a pad token."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -238,3 +239,16 @@ def test_text_resume_after_interruption(tmp_path, minilm, monkeypatch):
     assert len(calls) == 2  # texts 0 and 1 were kept; 2 and 3 are computed now
     assert torch.equal(disk.A, mem.A) and disk.tokens == mem.tokens
     assert disk.meta["n_truncated"] == mem.meta["n_truncated"] == 1
+
+
+def test_numpy_integers_are_accepted_like_in_the_vision_extractor(minilm):
+    # One validation vocabulary: np.int64 from an array is as good as an int, bool is not.
+    model, tok = minilm
+    acts = extract_text_activations(
+        model, tok, "encoder.layer.0", ["a b c"], batch_size=np.int64(1), max_length=np.int64(8)
+    )
+    assert acts.n_samples == 1
+    with pytest.raises(
+        ValueError, match=r"batch_size must be a positive integer; got True \(bool\)"
+    ):
+        extract_text_activations(model, tok, "encoder.layer.0", ["a"], batch_size=True)

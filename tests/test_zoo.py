@@ -142,13 +142,13 @@ def test_textures_differ_in_pixel_variation():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"n": 0}, "n must be at least 1"),
-        ({"n": 4, "image_size": 16}, "image_size must be at least 32"),
+        ({"n": 0}, "n must be a positive integer; got 0"),
+        ({"n": 4, "image_size": 16}, "image_size must be an integer >= 32; got 16. Stripes"),
         ({"n": 4, "min_objects": 3, "max_objects": 2}, "must not exceed max_objects"),
-        ({"n": 4, "max_objects": 10}, "max_objects must be at most 9"),
+        ({"n": 4, "max_objects": 10}, r"max_objects must be an integer in \[1, 9\]; got 10"),
         ({"n": 4, "size_range": (0.2, 0.7)}, "size_range must satisfy"),
         ({"n": 4, "size_range": 0.3}, "size_range must be two numbers"),
-        ({"n": 4, "noise": -0.1}, "noise must be a non-negative"),
+        ({"n": 4, "noise": -0.1}, "noise must be a finite number >= 0; got -0.1"),
     ],
 )
 def test_bad_arguments_raise_value_error(kwargs, match):
@@ -158,10 +158,11 @@ def test_bad_arguments_raise_value_error(kwargs, match):
 
 
 def test_non_integer_arguments_raise_type_error():
-    with pytest.raises(TypeError, match="n must be an int"):
+    with pytest.raises(TypeError, match=r"n must be a positive integer; got 2.5 \(float\)"):
         make_shapes(2.5)
-    with pytest.raises(TypeError, match="seed must be an int"):
+    with pytest.raises(TypeError, match=r"seed must be an integer >= 0; got 'a' \(str\)"):
         make_shapes(2, seed="a")
+    assert make_shapes(np.int64(2), image_size=np.int64(32), seed=np.int64(0)).images.shape[0] == 2
 
 
 def test_cell_labels_on_a_hand_made_map():

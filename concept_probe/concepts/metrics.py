@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from .._checks import check_positive_int
 from .composition import composition_by_input, weight_coverage
 from .ranking import _as_codes, sample_scores
 
@@ -312,9 +313,7 @@ def factor_table(
     FactorTable
     """
     Z = _as_codes(Z).double()
-    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
-        raise ValueError(f"top must be a positive integer (rows per concept); got {top!r}.")
-    top = int(top)
+    top = check_positive_int(top, "top", fix="It is the number of rows per concept.")
     matches, purity_all, values_all = [], {}, {}
     n = Z.shape[0]
     codes = _RankedCodes(Z)

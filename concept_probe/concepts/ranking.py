@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .._checks import check_index, check_positive_int
+
 __all__ = [
     "ConceptPrototypes",
     "TopSamples",
@@ -19,7 +21,8 @@ __all__ = [
 ]
 
 
-def _as_codes(Z, name: str = "Z") -> torch.Tensor:
+def _as_codes(Z, name: str = "Z", shape: tuple[int, int] | None = None) -> torch.Tensor:
+    """``Z`` (or ``W``, ``D``) as a detached 2-D tensor; with ``shape``, of exactly that shape."""
     if not isinstance(Z, torch.Tensor):
         if not isinstance(Z, np.ndarray):
             raise TypeError(
@@ -28,26 +31,22 @@ def _as_codes(Z, name: str = "Z") -> torch.Tensor:
         Z = torch.from_numpy(Z)
     if Z.ndim != 2:
         raise ValueError(f"{name} must be 2-D (n_rows, n_concepts); got shape {tuple(Z.shape)}.")
+    if shape is not None and tuple(Z.shape) != tuple(shape):
+        raise ValueError(
+            f"{name} must have shape {tuple(shape)} (rows x concepts); got {tuple(Z.shape)}."
+        )
     return Z.detach()
 
 
 def _check_concept(concept: int | None, k: int) -> None:
     if concept is None:
         return
-    if (
-        isinstance(concept, bool)
-        or not isinstance(concept, (int, np.integer))
-        or not 0 <= concept < k
-    ):
-        raise ValueError(
-            f"concept must be an integer in [0, {k - 1}] (there are {k} concepts); got {concept!r}."
-        )
+    check_index(concept, "concept", k, fix=f"There are {k} concepts.")
 
 
 def _check_k(k: int, available: int, what: str) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive integer (how many {what} to return); got {k!r}.")
-    return min(int(k), available)
+    k = check_positive_int(k, "k", fix=f"It is how many {what} to return.")
+    return min(k, available)
 
 
 def sample_scores(Z, acts=None, reduce: str = "max") -> torch.Tensor:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._checks import check_int, fail, is_int
 from ..errors import CorruptFileError
 from . import _storage
 
@@ -217,9 +218,9 @@ class Activations:
             if (
                 not isinstance(grid, (tuple, list))
                 or len(grid) != 2
-                or not all(isinstance(g, (int, np.integer)) and g > 0 for g in grid)
+                or not all(is_int(g) and g > 0 for g in grid)
             ):
-                raise ValueError(f"grid must be a pair of positive ints (h, w); got {grid!r}.")
+                fail("grid", "a pair (h, w) of positive integers, the feature-map size", grid)
             self.grid = (int(grid[0]), int(grid[1]))
         if kind == "spatial":
             if self.grid is None:
@@ -422,8 +423,7 @@ class Activations:
         """
         if isinstance(i, torch.Tensor) and i.numel() == 1:
             i = int(i)
-        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
-            raise TypeError(f"sample index must be an int; got {type(i).__name__}.")
+        i = check_int(i, "sample index")
         if not -self.n_samples <= i < self.n_samples:
             raise IndexError(f"sample index {i} is out of range for {self.n_samples} samples.")
         i = int(i) % self.n_samples

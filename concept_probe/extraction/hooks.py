@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._checks import check_positive_int
 from ..errors import LayerNotFoundError
 
 __all__ = ["LayerCapture", "LayerInfo", "LayerList", "capture_layers", "list_layers"]
@@ -345,8 +346,7 @@ def list_layers(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
-    if max_depth is not None and (not isinstance(max_depth, int) or max_depth < 1):
-        raise ValueError(f"max_depth must be a positive int or None; got {max_depth!r}.")
+    max_depth = check_positive_int(max_depth, "max_depth", none_ok=True)
     named = [
         (n, m)
         for n, m in model.named_modules()

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._checks import check_positive_int
 from . import _engine
 from .activations import Activations
 
@@ -196,9 +197,8 @@ def extract_text_activations(
             f"fast tokenizer's offsets mapping. Load it with AutoTokenizer.from_pretrained(path, "
             f"use_fast=True) (or use load_text_model)."
         )
-    for value, name in ((batch_size, "batch_size"), (max_length, "max_length")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int; got {value!r}.")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    max_length = check_positive_int(max_length, "max_length")
     run = _engine.setup(model, layer, device)
     dev = run.device
     items, ids, description = read_texts(texts)

@@ -19,6 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._checks import (
+    check_choice,
+    check_int,
+    check_nonnegative,
+    check_positive_int,
+)
 from .._torch_utils import make_generator, resolve_device, resolve_dtype
 from ..errors import ConvergenceWarning, CorruptFileError, NotFittedError
 from ._input import as_2d_tensor, check_finite
@@ -162,40 +168,61 @@ class DictionaryEstimator(nn.Module):
         return out
 
     # --------------------------------------------------------------- validation
+    def check_params(self):
+        """Check every constructor argument now, without data; return the estimator.
+
+        ``fit`` runs the same checks, so calling this is optional: it lets a program (the
+        ``concept-probe`` command, a notebook cell) fail on a bad argument, an unknown solver
+        or an unavailable device before it spends time extracting activations.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        InvalidParameterError
+            A bad argument (a ``ValueError`` and a ``TypeError``), with the one message
+            template: name, what was expected, what was given, how to fix it.
+        ValueError
+            A device that is not a device name or not available here, or an unsupported dtype.
+
+        Examples
+        --------
+        >>> from concept_probe import ConvexNMF
+        >>> ConvexNMF(4, solver="mu").check_params().solver
+        'mu'
+        >>> ConvexNMF(0).check_params()
+        Traceback (most recent call last):
+        ...
+        concept_probe.errors.InvalidParameterError: nb_concepts must be a positive integer; got 0. It is the number of concepts k to learn.
+        """  # noqa: E501
+        self._validate()
+        return self
+
     def _validate(self) -> tuple[torch.device, torch.dtype | None]:
         """Check the constructor arguments; return the device and dtype to fit with.
 
         Subclasses extend it with their own arguments (calling this first).
         """
-        k = self.nb_concepts
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(
-                f"nb_concepts must be a positive integer (the number of concepts k); got {k!r}."
-            )
-        if not isinstance(self.tol, (int, float)) or not self.tol >= 0:
-            raise ValueError(
-                f"tol must be a number >= 0 (0 disables early stopping); got {self.tol!r}."
-            )
-        if self.init not in self._INITS:
-            raise ValueError(
-                f"unknown init {self.init!r}; use one of {', '.join(map(repr, self._INITS))}."
-            )
+        check_positive_int(
+            self.nb_concepts, "nb_concepts", fix="It is the number of concepts k to learn."
+        )
+        check_nonnegative(self.tol, "tol", fix="0 disables early stopping.")
+        check_choice(self.init, "init", self._INITS)
+        check_int(self.seed, "seed", minimum=0, none_ok=True)
         if self.max_iter is not None:
             self._check_max_iter(self.max_iter)
-        self._block_rows(1, torch.device("cpu"))  # checks batch_size
+        check_positive_int(
+            self.batch_size, "batch_size", none_ok=True, fix="It is the rows per block."
+        )
         device = resolve_device(self.device)
         dtype = None if self.dtype is None else resolve_dtype(self.dtype)
         return device, dtype
 
     @staticmethod
     def _check_max_iter(max_iter: int, name: str = "max_iter") -> int:
-        if (
-            isinstance(max_iter, bool)
-            or not isinstance(max_iter, (int, np.integer))
-            or max_iter < 0
-        ):
-            raise ValueError(f"{name} must be an integer >= 0; got {max_iter!r}.")
-        return int(max_iter)
+        return check_int(max_iter, name, minimum=0)
 
     def _fit_max_iter(self, max_iter: int | None) -> int:
         """``fit``'s iteration budget: its argument, else the constructor's, else 500."""
@@ -221,14 +248,9 @@ class DictionaryEstimator(nn.Module):
         return GramFreeData(A, self._block_rows(A.shape[1], A.device))
 
     def _block_rows(self, n_features: int, device: torch.device) -> int:
-        bs = self.batch_size
-        if bs is None:
+        if self.batch_size is None:
             return _auto_block(n_features, device)
-        if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1:
-            raise ValueError(
-                f"batch_size must be a positive integer (rows per block) or None; got {bs!r}."
-            )
-        return int(bs)
+        return int(self.batch_size)
 
     def _generator(self, device: torch.device) -> torch.Generator:
         if self._gen is None or self._gen.device != device:
@@ -370,9 +392,7 @@ class DictionaryEstimator(nn.Module):
         """
         self._check_fitted("encode")
         max_iter = self._check_max_iter(max_iter)
-        tol = self.tol if tol is None else tol
-        if not isinstance(tol, (int, float)) or not tol >= 0:
-            raise ValueError(f"tol must be a number >= 0; got {tol!r}.")
+        tol = check_nonnegative(self.tol if tol is None else tol, "tol")
         D = self.D
         dev, dt = D.device, D.dtype
         k, d = D.shape

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any, ClassVar
 
 import torch
 
+from .._checks import check_bool, check_choice, check_nonnegative
 from ._base import DictionaryEstimator
 from ._init import (
     convex_start_from_codes,
@@ -152,24 +152,14 @@ class ConvexNMF(DictionaryEstimator):
     # ----------------------------------------------------------------- checks
     def _validate(self) -> tuple[torch.device, torch.dtype | None]:
         device, dtype = super()._validate()
-        if self.solver not in _SOLVERS:
-            raise ValueError(
-                f"unknown solver {self.solver!r}; use 'mu' (multiplicative updates) or "
-                f"'pgd' (projected gradient)."
-            )
-        l1 = self.l1_penalty
-        if (
-            isinstance(l1, bool)
-            or not isinstance(l1, (int, float))
-            or not math.isfinite(l1)
-            or l1 < 0
-        ):
-            raise ValueError(
-                f"l1_penalty must be a finite number >= 0 (0 means no sparsity penalty); got "
-                f"{l1!r}."
-            )
-        if not isinstance(self.strict_convex, bool):
-            raise TypeError(f"strict_convex must be True or False; got {self.strict_convex!r}.")
+        check_choice(
+            self.solver,
+            "solver",
+            _SOLVERS,
+            fix="'mu' is multiplicative updates, 'pgd' projected gradient.",
+        )
+        check_nonnegative(self.l1_penalty, "l1_penalty", fix="0 means no sparsity penalty.")
+        check_bool(self.strict_convex, "strict_convex")
         return device, dtype
 
     def _before_solve(self) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .._checks import check_index
+
 
 def require_matplotlib():
     """Import matplotlib lazily; say which extra to install if it is missing."""
@@ -58,13 +60,7 @@ def require_kind(acts, kinds: tuple[str, ...], what: str, hint: str) -> None:
 
 def check_concept(concept, k: int) -> int:
     """Validate a concept index against the number of concepts ``k``."""
-    if isinstance(concept, bool) or not isinstance(concept, (int, np.integer)):
-        raise ValueError(f"concept must be an integer in [0, {k - 1}]; got {concept!r}.")
-    if not 0 <= int(concept) < k:
-        raise ValueError(
-            f"concept must be in [0, {k - 1}] (there are {k} concepts); got {concept}."
-        )
-    return int(concept)
+    return check_index(concept, "concept", k, fix=f"There are {k} concepts.")
 
 
 def short_id(sample_id: str, width: int = 28) -> str:

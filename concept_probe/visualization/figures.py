@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .._checks import check_probability
 from ..concepts import composition_by_input, concept_prototypes, top_samples
 from ..concepts.ranking import _as_codes
 from ._common import (
@@ -79,8 +80,7 @@ def overlay_heatmap(
     h = torch.as_tensor(as_numpy(heat), dtype=torch.float32)
     if h.ndim != 2:
         raise ValueError(f"heat must have shape (h, w); got {tuple(h.shape)}.")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1]; got {alpha}.")
+    alpha = check_probability(alpha, "alpha")
     up = torch.nn.functional.interpolate(
         h[None, None], size=img.shape[:2], mode="bilinear", align_corners=False
     )[0, 0].numpy()

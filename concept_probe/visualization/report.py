@@ -164,12 +164,8 @@ def write_report(
         )
     if Z is None:
         Z = nmf.encode(acts.A)
-    Z = _as_codes(Z).cpu().float()
-    if Z.shape != (acts.n_rows, W.shape[0]):
-        raise ValueError(
-            f"Z must have shape ({acts.n_rows}, {W.shape[0]}) (rows x concepts); got "
-            f"{tuple(Z.shape)}."
-        )
+    # Z is checked once here; the functions _build calls take it as given.
+    Z = _as_codes(Z, shape=(acts.n_rows, W.shape[0])).cpu().float()
     out = Path(out)
     _check_out(out, overwrite)
     with atomic_directory(out) as tmp:

@@ -6,6 +6,7 @@ import html
 
 import numpy as np
 
+from .._checks import check_index
 from ..concepts.ranking import _as_codes
 from ._common import check_concept, new_figure, require_kind
 
@@ -13,13 +14,7 @@ __all__ = ["highlight_tokens_html", "plot_token_highlights", "token_codes"]
 
 
 def _check_sample(acts, sample: int) -> int:
-    if isinstance(sample, bool) or not isinstance(sample, (int, np.integer)):
-        raise ValueError(f"sample must be an integer index; got {sample!r}.")
-    if not 0 <= int(sample) < acts.n_samples:
-        raise ValueError(
-            f"sample must be in [0, {acts.n_samples - 1}] ({acts.n_samples} texts); got {sample}."
-        )
-    return int(sample)
+    return check_index(sample, "sample", acts.n_samples, fix=f"There are {acts.n_samples} texts.")
 
 
 def token_codes(Z, acts, sample: int, concept: int):

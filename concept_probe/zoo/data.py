@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._checks import check_int, check_nonnegative, check_positive_int, check_probability
+
 __all__ = [
     "DEMO_MEAN",
     "DEMO_STD",
@@ -131,14 +133,6 @@ class ShapesData:
         )
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int; got {type(value).__name__} {value!r}.")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}; got {value}.")
-    return int(value)
-
-
 def make_shapes(
     n: int,
     *,
@@ -190,24 +184,27 @@ def make_shapes(
     >>> tuple(data.targets.shape)
     (4, 48)
     """
-    n = _check_int("n", n, 1)
-    image_size = _check_int("image_size", image_size, 1)
-    if image_size < 32:
-        raise ValueError(
-            f"image_size must be at least 32 pixels so that stripes and dots stay visible; "
-            f"got {image_size}. The demo model expects 64."
-        )
-    min_objects = _check_int("min_objects", min_objects, 1)
-    max_objects = _check_int("max_objects", max_objects, 1)
-    if min_objects > max_objects:
-        raise ValueError(
-            f"min_objects ({min_objects}) must not exceed max_objects ({max_objects})."
-        )
-    if max_objects > 9:
-        raise ValueError(
-            f"max_objects must be at most 9 (objects get one slot each of a 3 x 3 layout); "
-            f"got {max_objects}."
-        )
+    n = check_positive_int(n, "n")
+    image_size = check_int(
+        image_size,
+        "image_size",
+        minimum=32,
+        fix="Stripes and dots need 32 pixels to stay visible; the demo model expects 64.",
+    )
+    max_objects = check_int(
+        max_objects,
+        "max_objects",
+        minimum=1,
+        maximum=9,
+        fix="Objects get one slot each of a 3 x 3 layout.",
+    )
+    min_objects = check_int(
+        min_objects,
+        "min_objects",
+        minimum=1,
+        maximum=max_objects,
+        fix="It must not exceed max_objects.",
+    )
     try:
         lo, hi = (float(v) for v in size_range)
     except (TypeError, ValueError) as exc:
@@ -217,13 +214,10 @@ def make_shapes(
             f"size_range must satisfy 0 < min <= max <= 0.5 (radius as a fraction of the "
             f"object's slot, so that objects never overlap); got {size_range!r}."
         )
-    noise = float(noise)
-    if not noise >= 0:
-        raise ValueError(f"noise must be a non-negative standard deviation; got {noise!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int; got {type(seed).__name__} {seed!r}.")
+    noise = check_nonnegative(noise, "noise", fix="It is the standard deviation of pixel noise.")
+    seed = check_int(seed, "seed", minimum=0)
 
-    rng = np.random.default_rng(int(seed))
+    rng = np.random.default_rng(seed)
     S = image_size
     g = math.ceil(math.sqrt(max_objects))
     slot = S / g
@@ -480,8 +474,7 @@ def cell_factor_labels(
         h, w = (int(v) for v in grid)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"grid must be a pair (h, w) of ints; got {grid!r}.") from exc
-    if not 0 <= min_fraction <= 1:
-        raise ValueError(f"min_fraction must be in [0, 1]; got {min_fraction!r}.")
+    min_fraction = check_probability(min_fraction, "min_fraction")
     out = {}
     for name, fmap in factor_maps.items():
         if not isinstance(fmap, torch.Tensor) or fmap.ndim != 3:

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from .._checks import check_int, check_positive_int
 from .._torch_utils import resolve_device
 from .data import FACTORS, cell_factor_labels, joint_class_names, make_shapes, normalize_images
 from .model import (
@@ -258,11 +259,9 @@ def train_demo_model(
     history : list of dict
         Per epoch: loss, validation accuracy on 500 held-out images, seconds.
     """
-    for name, value, minimum in (("epochs", epochs, 1), ("n_train", n_train, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
-        raise ValueError(f"batch_size must be an integer >= 2; got {batch_size!r}.")
+    epochs = check_positive_int(epochs, "epochs")
+    n_train = check_positive_int(n_train, "n_train")
+    batch_size = check_int(batch_size, "batch_size", minimum=2)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     device = resolve_device(device)
