@@ -1,0 +1,407 @@
+"""Evaluation: every metric against a hand computation, matching against brute force,
+chance against its analytic level, recovery and the k rule on planted data, bad input."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import concept_probe as cp
+from concept_probe.evaluation import (
+    chance_cosine,
+    explained_variance,
+    factor_truth,
+    firing,
+    ground_truth_metrics,
+    hoyer,
+    match_dictionaries,
+    planted_concepts,
+    random_dictionary_baseline,
+    reconstruction_metrics,
+    sparsity_metrics,
+    stability,
+    top_row_overlap,
+)
+
+# ------------------------------------------------------------------ metrics by hand
+
+
+def test_reconstruction_metrics_by_hand():
+    A = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
+    A_hat = torch.tensor([[3.0, 0.0], [1.0, 0.0]])
+    m = reconstruction_metrics(A, A_hat)
+    # residual [[0, 4], [0, 0]]: ||R||^2 = 16, ||A||^2 = 26
+    assert m["rel_error"] == pytest.approx(4 / math.sqrt(26))
+    # row errors 4/5 and 0/1
+    assert m["row_rel_l2"] == pytest.approx(0.4)
+    # column means (2, 2): centred A = [[1, 2], [-1, -2]], total variance 10
+    assert m["explained_variance"] == pytest.approx(1 - 16 / 10)
+
+
+def test_explained_variance_is_saelens_per_feature_centring_in_float64():
+    g = torch.Generator().manual_seed(0)
+    A = 1000.0 + torch.randn(50, 6, generator=g)  # a large mean: float32 sums would lose it
+    A_hat = A + 0.1 * torch.randn(50, 6, generator=g)
+    A64, H64 = A.double(), A_hat.double()
+    # SAELens: 1 - E||x - x_hat||^2 / (E||x||^2 - ||E x||^2)
+    mse = (A64 - H64).square().sum(1).mean()
+    var = A64.square().sum(1).mean() - A64.mean(0).square().sum()
+    assert explained_variance(A, A_hat) == pytest.approx(float(1 - mse / var), rel=1e-9)
+    assert explained_variance(A64, A64.mean(0).expand_as(A64)) == pytest.approx(0.0, abs=1e-9)
+    assert explained_variance(A, A) == 1.0
+
+
+def test_reconstruction_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="same shape"):
+        reconstruction_metrics(torch.ones(2, 3), torch.ones(3, 2))
+
+
+def test_sparsity_by_hand():
+    Z = torch.tensor([[2.0, 0.0], [1.0, 1.0]])
+    D = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    A = Z @ D  # rows (2, 0) and (1, 2): norms 2 and sqrt(5)
+    # parts |z_c| ||d_c||: row 0 (2, 0), row 1 (1, 2); threshold 0.5 * norm = 1, 1.118
+    on = firing(Z, D, A, threshold=0.5)
+    assert on.tolist() == [[True, False], [False, True]]
+    s = sparsity_metrics(Z, D, A, threshold=0.5)
+    assert s["l0"] == 1.0 and s["dead"] == 0 and s["threshold"] == 0.5
+    # Hoyer: row 0 one-hot -> 1, row 1 flat -> 0
+    assert s["hoyer"] == pytest.approx(0.5)
+    # threshold 0 is SAELens' z != 0
+    assert sparsity_metrics(Z, D, A, threshold=0)["l0"] == 1.5
+    assert sparsity_metrics(torch.tensor([[1.0, 0.0]]), D, A[:1], 0)["dead"] == 1
+
+
+def test_hoyer_by_hand_and_edge_cases():
+    z = torch.tensor([[3.0, 4.0, 0.0]])  # l1 7, l2 5
+    assert hoyer(z) == pytest.approx((math.sqrt(3) - 7 / 5) / (math.sqrt(3) - 1))
+    assert math.isnan(hoyer(torch.ones(4, 1)))
+    assert math.isnan(hoyer(torch.zeros(3, 2)))
+    with pytest.raises(ValueError, match="threshold"):
+        firing(z, torch.eye(3), z, threshold=-1)
+
+
+# ------------------------------------------------------------------ matching
+
+
+def _brute_force(C: np.ndarray) -> float:
+    k = C.shape[0]
+    return max(sum(C[i, p[i]] for i in range(k)) / k for p in itertools.permutations(range(k)))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 6])
+def test_hungarian_matches_brute_force(k):
+    g = torch.Generator().manual_seed(k)
+    Da = torch.randn(k, 7, generator=g, dtype=torch.float64)
+    Db = torch.randn(k, 7, generator=g, dtype=torch.float64)
+    m = match_dictionaries(Da, Db)
+    ua = Da / Da.norm(dim=1, keepdim=True)
+    ub = Db / Db.norm(dim=1, keepdim=True)
+    C = (ua @ ub.T).abs().numpy()
+    assert m.mean == pytest.approx(_brute_force(C), abs=1e-12)
+    assert sorted(m.cols.tolist()) == list(range(k))
+    np.testing.assert_allclose(m.cosine, C[m.rows, m.cols])
+
+
+def test_matching_finds_a_permutation_and_ignores_scale_and_sign():
+    g = torch.Generator().manual_seed(0)
+    D = torch.randn(5, 12, generator=g)
+    perm = [3, 0, 4, 1, 2]
+    other = D[perm] * torch.tensor([2.0, -1.0, 0.5, 3.0, 1.0])[:, None]
+    m = match_dictionaries(D, other)
+    assert m.mean == pytest.approx(1.0)
+    assert [perm[c] for c in m.cols] == list(range(5))
+
+
+def test_matching_unequal_sizes_keeps_the_smaller():
+    m = match_dictionaries(torch.eye(4), torch.eye(4)[[2, 0]])
+    assert m.rows.tolist() == [0, 2] and m.mean == 1.0
+
+
+def test_stability_per_concept_by_hand():
+    D0 = torch.eye(3)
+    D1 = torch.eye(3)[[1, 2, 0]]  # a permutation: identical atoms
+    D2 = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 1.0, 1.0]])  # atom 2 drifted
+    s = stability([D0, D1, D2])
+    # pairs: (0,1) 1; (0,2) (1 + 1 + 1/sqrt2)/3; (1,2) the same
+    pair = (2 + 1 / math.sqrt(2)) / 3
+    assert s["mean"] == pytest.approx((1 + 2 * pair) / 3)
+    assert s["min_pair"] == pytest.approx(pair)
+    assert s["per_concept"] == pytest.approx([1, 1, (1 + 1 / math.sqrt(2)) / 2])
+    with pytest.raises(ValueError, match="at least 2 dictionaries"):
+        stability([D0])
+
+
+# ------------------------------------------------------------------ chance
+
+
+def test_chance_pair_formula_by_hand():
+    assert chance_cosine(1, 2)["pair"] == pytest.approx(2 / math.pi)
+    assert chance_cosine(1, 3)["pair"] == pytest.approx(0.5)  # |cos| uniform on [0, 1]
+    # large d: sqrt(2 / (pi d))
+    assert chance_cosine(1, 10_000)["pair"] == pytest.approx(
+        math.sqrt(2 / (math.pi * 1e4)), rel=1e-3
+    )
+
+
+def test_random_dictionary_baseline_near_its_analytic_expectation():
+    one = random_dictionary_baseline(1, 16, draws=3000, seed=0)
+    # the mean of 3000 |cos| draws: standard error ~ 0.15 / sqrt(3000) = 0.003
+    assert one["isotropic"] == pytest.approx(one["analytic_pair"], abs=0.012)
+    many = random_dictionary_baseline(8, 64, draws=40, seed=1)
+    assert many["analytic_pair"] < many["isotropic"] < many["analytic_upper"]
+
+
+def test_data_row_chance_is_high_on_nonnegative_data():
+    A, _, _ = planted_concepts(200, 20, 4, seed=0)
+    base = random_dictionary_baseline(4, 20, draws=8, seed=0, rows=A)
+    assert base["data_rows"] > base["isotropic"] + 0.3
+
+
+# ------------------------------------------------------------------ W side and truth
+
+
+def test_top_row_overlap_by_hand():
+    Wa = torch.tensor([[5.0, 4.0, 0.0, 0.5], [0.0, 0.0, 3.0, 2.0]])
+    Wb = torch.tensor([[0.0, 1.0, 2.0, 0.0], [3.0, 0.0, 1.0, 0.0]])
+    m = match_dictionaries(torch.eye(2), torch.eye(2))  # concept c <-> c
+    out = top_row_overlap(Wa, Wb, m, top=2)
+    # a0 {0,1} vs b0 {2,1}: 1/2; a1 {2,3} vs b1 {0,2}: 1/2
+    assert out["per_pair"] == [0.5, 0.5] and out["chance"] == 0.5
+    # different rows seen: columns of Wb are global rows 2..5; the common rows are 2 and 3
+    out = top_row_overlap(Wa, Wb, m, rows_a=[0, 1, 2, 3], rows_b=[2, 3, 4, 5], top=1)
+    # a0 on rows {2,3} = (0, 0.5) -> row 3; b0 = (0, 1) -> row 3: overlap 1;
+    # a1 = (3, 2) -> row 2; b1 = (3, 0) -> row 2: overlap 1
+    assert out["top"] == 1 and out["per_pair"] == [1.0, 1.0] and out["chance"] == 0.5
+
+
+def test_ground_truth_precision_recall_by_hand():
+    true_D = torch.eye(3)
+    true_codes = torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+    # learned: concept 0 ~ feature 0, concept 1 ~ feature 1 (but fires on rows 1 and 2)
+    D = torch.tensor([[1.0, 0.1, 0.0], [0.0, 1.0, 0.2]])
+    Z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 0.0]])
+    m = ground_truth_metrics(Z, D, true_D, true_codes, threshold=0.0)
+    pc = m["per_concept"]
+    assert [p["feature"] for p in pc] == [0, 1]
+    # concept 0: fires {0}, truth {0, 1}: P 1, R 1/2, F1 2/3; concept 1: fires {1, 2},
+    # truth {2}: P 1/2, R 1, F1 2/3
+    assert (pc[0]["precision"], pc[0]["recall"]) == (1.0, 0.5)
+    assert (pc[1]["precision"], pc[1]["recall"]) == (0.5, 1.0)
+    assert m["f1"] == pytest.approx(2 / 3)
+    assert m["accuracy"] == pytest.approx((3 / 4 + 3 / 4) / 2)
+    c0 = 1 / math.sqrt(1.01)
+    c1 = 1 / math.sqrt(1.04)
+    assert m["mcc"] == pytest.approx((c0 + c1) / 2)
+    with pytest.raises(ValueError, match="true_codes must have shape"):
+        ground_truth_metrics(Z, D, true_D, true_codes[:2])
+
+
+def test_factor_truth_from_known_factors():
+    A = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [5.0, 5.0]])
+    acts = cp.Activations(
+        A,
+        sample=torch.arange(4),
+        position=None,
+        kind="pooled",
+        factors={"shape": torch.tensor([0, 0, 1, -1])},
+        factor_values={"shape": ["square", "disc"]},
+    )
+    T, TC, names = factor_truth(acts)
+    assert names == ["shape=square", "shape=disc"]
+    assert T.tolist() == [[2.0, 0.0], [0.0, 2.0]]
+    assert TC.tolist() == [[1, 0], [1, 0], [0, 1], [0, 0]]
+    with pytest.raises(ValueError, match="no ground-truth factors"):
+        factor_truth(cp.Activations(A, sample=torch.arange(4), position=None, kind="pooled"))
+
+
+# ------------------------------------------------------------------ evaluate
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return planted_concepts(240, 20, 4, seed=2)
+
+
+def test_convex_nmf_recovers_the_planted_dictionary(planted):
+    A, D, Z = planted
+    ev = cp.evaluate(
+        A,
+        4,
+        truth=(D, Z),
+        seeds=2,
+        folds=2,
+        shared_init=False,
+        convex_kwargs={"solver": "mu"},
+        max_iter=300,
+    )
+    row = ev.row("convex_nmf", 4)
+    assert row["mcc"] >= 0.95
+    assert row["gt_f1"] > 0.8
+    assert row["rel_error"] < 0.1 and row["heldout_rel_error"] < 0.1
+    assert row["explained_variance"] > 0.95 and row["dead"] == 0
+    assert row["stability_seeds"] > 0.95
+    assert row["stability_seeds"] > row["chance_data_rows"] > row["chance_isotropic"]
+
+
+#: (n, d, k_true, separation, seed): the four planted settings of the k-rule test, the
+#: last with atoms sharing a 30% background (harder). Sweeps k_true - 1, k_true, k_true + 1
+#: with 3 seeds, 3 folds, MU, 300 iterations. At n=200 and 200 iterations the rule picks
+#: k_true + 1 or nothing on three of them: the extra atom has not yet drifted apart.
+K_SETTINGS = [
+    (300, 20, 4, 1.0, 1),
+    (300, 30, 6, 1.0, 1),
+    (300, 16, 3, 1.0, 1),
+    (300, 24, 5, 0.7, 1),
+]
+
+
+def test_k_rule_picks_the_true_k_on_planted_data():
+    hits = []
+    for n, d, k, sep, seed in K_SETTINGS:
+        A, _, _ = planted_concepts(n, d, k, separation=sep, seed=seed)
+        ev = cp.sweep_k(
+            A,
+            [k - 1, k, k + 1],
+            seeds=3,
+            folds=3,
+            shared_init=False,
+            convex_kwargs={"solver": "mu"},
+            max_iter=300,
+        )
+        hits.append(ev.suggested_k == k)
+        assert ev.k_rule.method == "convex_nmf" and "least stable" in ev.k_rule.describe()
+    assert sum(hits) >= 3, hits
+
+
+def test_shared_init_is_reported_apart_from_independent_runs(planted):
+    A, _, _ = planted
+    ev = cp.evaluate(A, 6, seeds=2, folds=3, max_iter=100, convex_kwargs={"solver": "mu"})
+    row = ev.row("convex_nmf", 6)
+    det = ev.details[0]
+    assert row["fits"] == 2 + 2 + 3  # seed runs, fold runs, shared-init control
+    assert {"stability_seeds", "stability_folds", "stability_shared_init"} <= set(row)
+    # a shared start agrees with itself more than independent starts agree
+    assert row["stability_shared_init"] > row["stability_folds"]
+    assert len(det["per_concept_stability_shared_init"]) == 6
+    off = cp.evaluate(
+        A, 6, seeds=2, folds=3, max_iter=100, shared_init=False, convex_kwargs={"solver": "mu"}
+    )
+    assert math.isnan(off.row("convex_nmf", 6)["stability_shared_init"])
+    assert off.row("convex_nmf", 6)["stability_folds"] == pytest.approx(row["stability_folds"])
+
+
+def test_baselines_share_the_table_and_name_their_implementation(planted):
+    A = planted[0][:120]
+    ev = cp.evaluate(
+        A,
+        4,
+        methods=["convex_nmf", "semi_nmf", "pca", "kmeans", "nmf"],
+        seeds=2,
+        folds=2,
+        max_iter=40,
+    )
+    rows = {r["method"]: r for r in ev.to_rows()}
+    assert set(rows) == {"convex_nmf", "semi_nmf", "pca", "kmeans", "nmf"}
+    assert rows["pca"]["implementation"].startswith("scikit-learn")
+    assert "MiniBatchKMeans" in rows["kmeans"]["implementation"]
+    assert rows["convex_nmf"]["implementation"] == "concept_probe"
+    for r in rows.values():
+        assert 0 <= r["rel_error"] < 1 and r["seconds"] > 0 and r["fits"] >= 3
+        assert r["stability_seeds"] <= 1 + 1e-9
+    assert math.isnan(rows["pca"]["stability_shared_init"])  # PCA has no start to share
+    assert math.isnan(rows["pca"]["w_overlap_seeds"])  # W side: ConvexNMF only
+    assert 0 <= rows["convex_nmf"]["w_overlap_seeds"] <= 1
+    # PCA's k leading components explain at least as much as any rank-k fit on its rows
+    assert rows["pca"]["explained_variance"] >= rows["semi_nmf"]["explained_variance"] - 1e-6
+    text = str(ev)
+    assert "stab seeds" in text and "scikit-learn" in text
+    back = json.loads(ev.to_json())
+    assert back["rows"][0]["method"] == "convex_nmf" and "columns" in back
+
+
+def test_without_scikit_learn_pca_falls_back_and_nmf_names_the_extra(planted, monkeypatch):
+    A, _, _ = planted
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    ev = cp.evaluate(A[:80], 3, methods=["pca", "kmeans"], seeds=2, folds=2, max_iter=20)
+    assert "torch" in ev.row("pca", 3)["implementation"]
+    assert "not installed" in ev.row("kmeans", 3)["implementation"]
+    with pytest.raises(ImportError, match=r"concept-probe\[eval\]"):
+        cp.evaluate(A[:80], 3, methods=["nmf"], seeds=2, folds=2, max_iter=20)
+
+
+def test_warm_start_sweep(planted):
+    A, _, _ = planted
+    kw = {
+        "seeds": 2,
+        "folds": 2,
+        "shared_init": False,
+        "max_iter": 150,
+        "convex_kwargs": {"solver": "mu"},
+    }
+    cold = cp.sweep_k(A, [3, 4, 5], **kw)
+    warm = cp.sweep_k(A, [3, 4, 5], warm_start=True, **kw)
+    assert warm.config["warm_start"] is True
+    for kk in (4, 5):
+        assert (
+            warm.row("convex_nmf", kk)["rel_error"] < cold.row("convex_nmf", kk)["rel_error"] + 0.02
+        )
+
+
+def test_evaluate_on_activations_with_factors():
+    g = torch.Generator().manual_seed(0)
+    lab = torch.arange(90) % 3
+    A = torch.eye(3)[lab] * 2 + 0.05 * torch.rand(90, 3, generator=g)
+    acts = cp.Activations(
+        A,
+        sample=torch.arange(90),
+        position=None,
+        kind="pooled",
+        factors={"colour": lab},
+        factor_values={"colour": ["red", "green", "blue"]},
+    )
+    ev = cp.evaluate(
+        acts,
+        3,
+        truth="factors",
+        seeds=2,
+        folds=2,
+        shared_init=False,
+        convex_kwargs={"solver": "mu"},
+    )
+    row = ev.row("convex_nmf", 3)
+    assert row["mcc"] > 0.95 and row["gt_f1"] > 0.95
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_bad_input_messages(planted):
+    A, _, _ = planted
+    small = A[:30]
+    with pytest.raises(ValueError, match=r"k=\[25\] larger than the 15 training rows"):
+        cp.evaluate(small, [2, 25], seeds=2, folds=2)
+    with pytest.raises(ValueError, match="one seed gives one dictionary"):
+        cp.evaluate(small, 2, seeds=1)
+    with pytest.raises(ValueError, match=r"folds=31 is larger than the number of rows \(n=30\)"):
+        cp.evaluate(small, 2, folds=31)
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        cp.evaluate(small, 2, folds=1)
+    with pytest.raises(ValueError, match="unknown method"):
+        cp.evaluate(small, 2, methods=["ica"])
+    with pytest.raises(ValueError, match="NMF needs non-negative"):
+        cp.evaluate(small - 1.0, 2, methods=["nmf"])
+    with pytest.raises(ValueError, match="at least two values of k"):
+        cp.sweep_k(small, [3])
+    with pytest.raises(TypeError, match="2-D tensor"):
+        cp.evaluate(torch.ones(3, 4, 5), 2)
+    with pytest.raises(ValueError, match="NaN"):
+        cp.evaluate(torch.full((10, 3), float("nan")), 2)
+    with pytest.raises(ValueError, match="truth='factors' needs Activations"):
+        cp.evaluate(small, 2, truth="factors")
