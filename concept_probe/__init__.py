@@ -7,6 +7,9 @@ does not import timm, transformers or matplotlib: the functions that need them d
 from __future__ import annotations
 
 from .concepts import (
+    TRACK_MIN_LIFT,
+    ActivationSpectrum,
+    BorderShare,
     ConceptPrototypes,
     ConceptStats,
     FactorMatch,
@@ -14,10 +17,13 @@ from .concepts import (
     InputComposition,
     TopSamples,
     WeightCoverage,
+    activation_spectrum,
+    border_share,
     composition_by_input,
     concept_prototypes,
     concept_stats,
     factor_table,
+    label_table,
     sample_scores,
     top_samples,
     weight_by_input,
@@ -59,6 +65,7 @@ from .extraction import (
 from .factorization import ConvexNMF, SemiNMF
 from .visualization import (
     highlight_tokens_html,
+    plot_activation_spectrum,
     plot_composition,
     plot_concept_overview,
     plot_factor_purity,
@@ -72,7 +79,10 @@ from .visualization import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "TRACK_MIN_LIFT",
+    "ActivationSpectrum",
     "Activations",
+    "BorderShare",
     "ConceptBanks",
     "ConceptExplainer",
     "ConceptImportance",
@@ -93,6 +103,8 @@ __all__ = [
     "TopSamples",
     "WeightCoverage",
     "__version__",
+    "activation_spectrum",
+    "border_share",
     "capture_layers",
     "composition_by_input",
     "concept_attribution_map",
@@ -106,11 +118,13 @@ __all__ = [
     "fit_class_banks",
     "ground_truth_metrics",
     "highlight_tokens_html",
+    "label_table",
     "list_layers",
     "load_text_model",
     "load_vision_model",
     "match_dictionaries",
     "planted_concepts",
+    "plot_activation_spectrum",
     "plot_composition",
     "plot_concept_overview",
     "plot_factor_purity",

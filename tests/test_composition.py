@@ -87,3 +87,71 @@ def test_concept_stats_carry_coverage_and_density():
     # Without W the coverage fields say "unknown", not zero.
     bare = cp.concept_stats(Z, D, acts)[0]
     assert np.isnan(bare.effective_rows) and bare.rows_50 == -1
+
+
+def test_activation_spectrum_bins_by_rank_and_histograms_every_row():
+    # 12 inputs of 1 row; scores 0 (twice) and 1..10: 5 quantile bins of 2 inputs each.
+    Z = torch.tensor([0.0, 0.0, *range(1, 11)]).reshape(-1, 1)
+    spec = cp.activation_spectrum(Z, concept=0, n_bins=5, per_bin=2, n_hist=10)
+    assert spec.n_zero == 2 and spec.n_zero_rows == 2
+    assert [s.tolist() for s in spec.samples] == [[2, 3], [4, 5], [6, 7], [8, 9], [10, 11]]
+    torch.testing.assert_close(
+        spec.edges, torch.quantile(Z[2:, 0].double(), torch.linspace(0, 1, 6, dtype=torch.float64))
+    )
+    assert int(spec.hist_counts.sum()) == 10  # every positive row counted once
+    assert spec.to_dict()["samples"][0] == [2, 3]
+    # Fewer inputs than asked: each bin holds what it has, nothing is repeated.
+    few = cp.activation_spectrum(Z[:5], concept=0, n_bins=5, per_bin=4)
+    picked = torch.cat(few.samples).tolist()
+    assert sorted(picked) == [2, 3, 4] and len(set(picked)) == 3
+    with pytest.raises(ValueError, match="n_bins must be a positive integer"):
+        cp.activation_spectrum(Z, n_bins=0)
+
+
+def test_label_table_spreads_input_labels_to_rows_and_checks_length():
+    sample = torch.tensor([0, 0, 1, 1, 2, 2])
+    acts = Activations(torch.rand(6, 2), sample, kind="pooled")
+    Z = torch.tensor([[1.0, 0], [0.9, 0], [0, 1.0], [0, 0.8], [0.1, 0.1], [0.2, 0.0]])
+    t = cp.label_table(Z, acts, labels=[0, 1, -1], label_names=["cat", "dog"], top=2)
+    per_row = cp.factor_table(
+        Z, {"label": torch.tensor([0, 0, 1, 1, -1, -1])}, {"label": ["cat", "dog"]}, top=2
+    )
+    assert t.to_rows() == per_row.to_rows()
+    assert [(m.value, m.concept, m.purity) for m in t.matches] == [("cat", 0, 1.0), ("dog", 1, 1.0)]
+    with pytest.raises(ValueError, match=r"labels has 4 entries; it needs one per input \(3\) or"):
+        cp.label_table(Z, acts, labels=[0, 1, 0, 1])
+    with pytest.raises(ValueError, match="integer label indices"):
+        cp.label_table(Z, acts, labels=[0.5, 1.0, 0.0])
+    with pytest.raises(ValueError, match="needs labels"):
+        cp.label_table(Z, acts)
+
+
+def test_a_value_is_tracked_only_above_the_stated_lift():
+    m = [
+        cp.FactorMatch(
+            "f", "weak", 0, purity=0.38, chance=0.2, auc=0.6, r_precision=0.3, n_rows=10
+        ),
+        cp.FactorMatch(
+            "f", "strong", 1, purity=0.9, chance=0.2, auc=0.9, r_precision=0.8, n_rows=10
+        ),
+    ]
+    table = cp.FactorTable(matches=m)
+    assert cp.TRACK_MIN_LIFT == 3.0
+    assert [x.value for x in table.tracked()] == ["strong"]  # 1.9x chance is not "tracked"
+    assert [x.value for x in table.tracked(min_lift=1.5)] == ["weak", "strong"]
+
+
+def test_border_share_and_a_ring_wider_than_the_map():
+    h = w = 4
+    yx = torch.tensor([[y, x] for y in range(h) for x in range(w)])
+    acts = Activations(
+        torch.rand(16, 2), torch.zeros(16, dtype=torch.long), yx, kind="spatial", grid=(h, w)
+    )
+    inner = (yx[:, 0] % 3 != 0) & (yx[:, 1] % 3 != 0)  # the 2 x 2 centre
+    W = torch.stack([inner.float(), (~inner).float()])
+    b = cp.border_share(W, acts)
+    assert b.share.tolist() == [0.0, 1.0] and b.row_fraction == 12 / 16
+    with pytest.raises(ValueError, match=r"width=2 covers the whole 4 x 4 feature map"):
+        cp.border_share(W, acts, width=2)
+    with pytest.raises(ValueError, match="needs spatial activations"):
+        cp.border_share(W[:, :3], Activations(torch.rand(3, 2), torch.arange(3), kind="pooled"))

@@ -26,9 +26,15 @@ def test_demo_activations_carry_images_and_ground_truth(acts):
     assert float(same.double().mean()) > 0.97
 
 
-def test_concepts_track_the_known_factors(acts):
+@pytest.fixture(scope="module")
+def fit(acts):
     nmf = cp.ConvexNMF(16, solver="pgd", seed=0, tol=0)
     Z, _ = nmf.fit(acts.A, max_iter=300)
+    return nmf, Z
+
+
+def test_concepts_track_the_known_factors(acts, fit):
+    _, Z = fit
     table = cp.factor_table(Z, acts.factors, acts.factor_values)
     assert len(table.matches) == 4 + 4 + 3
     # Measured (seed 1, 300 images): every value has a concept at >= 3x chance, mean purity
@@ -37,6 +43,27 @@ def test_concepts_track_the_known_factors(acts):
     purity = torch.tensor([m.purity for m in table.matches])
     assert float(purity.mean()) >= 0.8
     assert float(torch.tensor([m.auc for m in table.matches]).mean()) >= 0.65
+
+
+def test_inputs_by_w_composition_carry_the_concepts_value_as_often_as_top_rows_by_z(acts, fit):
+    # For every tracked (value, concept) pair: how often do the concept's top 9 inputs by
+    # W-composition contain the value, and how often do its top 9 rows by Z carry it?
+    # Measured (seed 1, 300 images, 11 tracked values): 1.00 by W-composition, 0.96 by Z rows.
+    nmf, Z = fit
+    table = cp.factor_table(Z, acts.factors, acts.factor_values)
+    by_w, by_z = [], []
+    for m in table.tracked():
+        lab = acts.factors[m.factor]
+        v = acts.factor_values[m.factor].index(m.value)
+        contains = torch.zeros(acts.n_samples, dtype=torch.bool)
+        contains[acts.sample[lab == v]] = True
+        comp = cp.composition_by_input(nmf.W, acts, concept=m.concept, k=9)
+        by_w.append(float(contains[comp.samples].double().mean()))
+        rows = torch.argsort(Z[:, m.concept], descending=True, stable=True)[:9]
+        by_z.append(float((lab[rows] == v).double().mean()))
+    assert len(by_w) >= 9
+    mean_w, mean_z = sum(by_w) / len(by_w), sum(by_z) / len(by_z)
+    assert mean_w >= mean_z and mean_w >= 0.9
 
 
 def test_demo_rejects_bad_arguments():

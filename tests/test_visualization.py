@@ -204,8 +204,16 @@ def test_write_report(tmp_path, kind):
         assert f"carry {100 * comp.coverage:.1f}% of the concept's convex weight" in index
     assert "samples using it" not in index  # replaced by the density columns
     pngs = list(out.glob("*.png"))
-    # overview + per concept: top samples, composition by input, prototypes
-    assert len(pngs) == (1 if kind == "text" else 7)
+    # overview + per concept: spectrum, and for images a thumbnail, top samples, composition
+    # by input and prototypes
+    assert len(pngs) == (3 if kind == "text" else 11)
+    srcs = re.findall(r"<img src='([^']+)'", index)
+    assert sorted(set(srcs)) == sorted(p.name for p in pngs)  # every image shown exists
+    assert all("loading='lazy'" in tag for tag in re.findall(r"<img [^>]+>", index))
+    ids = re.findall(r" id='([^']+)'", index)
+    assert len(ids) == len(set(ids))  # no duplicate anchors
+    for href in set(re.findall(r"href='#([^']+)'", index)):
+        assert href in ids, href  # every in-page link has a target
     # Writing again replaces the report; nothing is left beside it.
     cp.write_report(nmf, acts, Z, out, k=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]
@@ -289,3 +297,83 @@ def test_report_without_images_lists_the_rankings(tmp_path):
     assert "hold no input images" in index and "img0.png" in index
     assert sorted(p.name for p in out.glob("*.png")) == ["overview.png"]
     assert json.loads((out / "summary.json").read_text())["title"] == "concept_probe report"
+
+
+def test_text_in_context_is_cut_from_the_text_not_joined_from_word_pieces(tmp_path):
+    texts = ["a digitized image", "plain words here"]
+    # WordPiece-style tokens: the report must print "digitized", never "digit ##ized".
+    pieces = [["[CLS]", "a", "digit", "##ized", "image"], ["plain", "words", "here"]]
+    spans = [[[0, 0], [0, 1], [2, 7], [7, 11], [12, 17]], [[0, 5], [6, 11], [12, 16]]]
+    tokens = [t for ts in pieces for t in ts]
+    sample = torch.tensor([0] * 5 + [1] * 3)
+    acts = Activations(
+        torch.rand(8, 4, generator=torch.Generator().manual_seed(2)),
+        sample,
+        torch.tensor([0, 1, 2, 3, 4, 0, 1, 2]),
+        kind="text",
+        tokens=tokens,
+        char_spans=torch.tensor([s for ss in spans for s in ss]),
+        texts=texts,
+    )
+    from concept_probe.visualization.report import _text_context
+
+    where = " <span class='meta'>(sample[{}])</span>"
+    assert _text_context(acts, 3) == "a digit<b class='tag'>ized</b> image" + where.format(0)
+    assert _text_context(acts, 6, 0) == "…<b class='tag'>words</b>…" + where.format(1)
+    assert _text_context(acts, 0) == "<b class='tag'>[CLS]</b>" + where.format(0)  # special
+    nmf, Z = _fit(acts, k=2)
+    index = (cp.write_report(nmf, acts, Z, tmp_path / "rep", k=3) / "index.html").read_text()
+    assert "##" not in index
+
+
+def test_report_labels_table_links_both_ways_and_names_only_tracked_values(tmp_path):
+    base = _spatial_acts()
+    acts = base.replace(labels=torch.tensor([0, 0, 0, 1, 1, 1]), label_names=["cat", "dog"])
+    nmf, Z = _fit(acts, k=2)
+    out = cp.write_report(nmf, acts, Z, tmp_path / "rep", k=3)
+    index = (out / "index.html").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    table = cp.label_table(Z, acts)
+    assert "Concepts versus your labels" in index
+    assert summary["label_table"] == json.loads(json.dumps(table.to_rows()))
+    for m in table.matches:  # each label row links to its concept ...
+        assert f"<tr id='labels-label-{m.value}'>" in index
+        assert f"<a href='#concept-{m.concept}'>{m.concept}</a>" in index
+    tracked = {m.value for m in table.tracked()}
+    for c in summary["concepts"]:  # ... and a concept links back only to tracked values
+        assert {t["value"] for t in c.get("tracks", [])} <= tracked
+        assert all(t["lift"] >= cp.TRACK_MIN_LIFT for t in c.get("tracks", []))
+    with pytest.raises(ValueError, match="labels has 5 entries"):
+        cp.write_report(nmf, acts, Z, tmp_path / "bad", labels=[0, 1, 0, 1, 0])
+    assert not (tmp_path / "bad").exists()
+
+
+def test_report_sections_hook_adds_a_section_and_an_index_column(tmp_path):
+    from concept_probe.visualization.report import ReportSection
+
+    acts = _spatial_acts()
+    nmf, Z = _fit(acts, k=2)
+
+    def section(ctx):
+        assert ctx.Z.shape == Z.shape and ctx.order
+        return ReportSection(
+            anchor="extra",
+            title="An extra section",
+            html="<p>hello</p>",
+            summary={"n": 1},
+            concept_html={0: "<p>about concept 0</p>"},
+            concept_columns={"importance": {0: 0.5, 1: 0.25}},
+        )
+
+    out = cp.write_report(nmf, acts, Z, tmp_path / "rep", k=2, sections=[section])
+    index = (out / "index.html").read_text()
+    assert "<h2 id='extra'>An extra section</h2>" in index and "href='#extra'" in index
+    assert (
+        "data-importance='0.5'" in index and "<button type='button' data-key='importance'>" in index
+    )
+    assert "<p>about concept 0</p>" in index
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["extra"] == {"n": 1}
+    assert {c["concept"]: c["importance"] for c in summary["concepts"]} == {0: 0.5, 1: 0.25}
+    with pytest.raises(TypeError, match="must return a ReportSection or None"):
+        cp.write_report(nmf, acts, Z, tmp_path / "rep2", sections=[lambda ctx: "oops"])

@@ -17,8 +17,10 @@ import torch
 from .ranking import _as_codes, _check_concept, _check_k
 
 __all__ = [
+    "BorderShare",
     "InputComposition",
     "WeightCoverage",
+    "border_share",
     "composition_by_input",
     "weight_by_input",
     "weight_coverage",
@@ -256,3 +258,76 @@ def composition_by_input(W, acts, concept: int | None = None, k: int = 9):
             )
         )
     return out if concept is None else out[int(concept)]
+
+
+@dataclass
+class BorderShare:
+    """How much of each concept's convex weight sits on the outer ring of the feature map.
+
+    Attributes
+    ----------
+    share : Tensor of shape (n_concepts,)
+        Fraction of ``W[c]``'s total on rows within ``width`` cells of the map's edge.
+    row_fraction : float
+        Fraction of the rows that lie there (the share a concept blind to position gets).
+    width : int
+    """
+
+    share: torch.Tensor
+    row_fraction: float
+    width: int
+
+
+def border_share(W, acts, width: int = 1) -> BorderShare:
+    """Share of each concept's convex weight on the outer ``width`` ring of the feature map.
+
+    At a zero-padded convolutional layer the border cells often are the extreme points a
+    convex hull picks, so a concept made mostly of them may be a padding artefact.
+
+    Parameters
+    ----------
+    W : Tensor of shape (n_concepts, n_rows)
+    acts : Activations
+        Spatial activations (``kind='spatial'``) the estimator was fitted on.
+    width : int, default=1
+        Ring width in cells.
+
+    Returns
+    -------
+    BorderShare
+
+    Examples
+    --------
+    >>> import torch
+    >>> from concept_probe.extraction import Activations
+    >>> yx = torch.tensor([[y, x] for y in range(3) for x in range(3)])
+    >>> acts = Activations(torch.rand(9, 2), torch.zeros(9, dtype=torch.long), yx,
+    ...                    kind="spatial", grid=(3, 3))
+    >>> W = torch.zeros(1, 9); W[0, 4] = 3.0; W[0, 0] = 1.0     # centre cell and a corner
+    >>> b = border_share(W, acts)
+    >>> float(b.share[0]), round(b.row_fraction, 3)
+    (0.25, 0.889)
+    """
+    if acts.kind != "spatial" or acts.grid is None:
+        raise ValueError(
+            f"border_share needs spatial activations (rows on a feature grid); got "
+            f"kind={acts.kind!r}."
+        )
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"width must be a positive integer (cells); got {width!r}.")
+    h, w = acts.grid
+    if 2 * width >= min(h, w):
+        raise ValueError(
+            f"width={width} covers the whole {h} x {w} feature map (a ring of {width} cells "
+            f"needs a map larger than {2 * width} x {2 * width}); use a smaller width."
+        )
+    W = _check_w(W, acts).double()
+    pos = acts.position.to(W.device)
+    y, x = pos[:, 0], pos[:, 1]
+    on_map = y >= 0  # class / register tokens (y = -1) are on no ring
+    ring = on_map & ((y < width) | (y >= h - width) | (x < width) | (x >= w - width))
+    total = W.sum(dim=1)
+    share = (W * ring.double()[None, :]).sum(dim=1) / total.clamp(min=1e-300)
+    share = torch.where(total > 0, share, torch.zeros_like(share))
+    frac = float(ring.double().sum() / max(int(on_map.sum()), 1))
+    return BorderShare(share=share, row_fraction=frac, width=width)

@@ -11,7 +11,19 @@ from .._checks import check_positive_int
 from .composition import composition_by_input, weight_coverage
 from .ranking import _as_codes, sample_scores
 
-__all__ = ["ConceptStats", "FactorMatch", "FactorTable", "concept_stats", "factor_table"]
+__all__ = [
+    "TRACK_MIN_LIFT",
+    "ConceptStats",
+    "FactorMatch",
+    "FactorTable",
+    "concept_stats",
+    "factor_table",
+    "label_table",
+]
+
+#: A concept is said to *track* a factor value (or label) only when its purity is at least
+#: this many times chance. At 2x a concept that is "mostly something else" would be named.
+TRACK_MIN_LIFT = 3.0
 
 
 @dataclass
@@ -230,6 +242,12 @@ class FactorTable:
         """Plain dicts (JSON-ready), one per factor value."""
         return [dict(asdict(m), lift=m.lift) for m in self.matches]
 
+    def tracked(self, min_lift: float = TRACK_MIN_LIFT) -> list[FactorMatch]:
+        """The matches whose purity is at least ``min_lift`` times chance (the named ones)."""
+        if not min_lift > 0:
+            raise ValueError(f"min_lift must be positive; got {min_lift!r}.")
+        return [m for m in self.matches if m.chance > 0 and m.purity >= min_lift * m.chance]
+
     def fraction_above_chance(self, factor: float = 2.0) -> float:
         """Fraction of factor values whose best concept's purity exceeds ``factor`` x chance."""
         if not self.matches:
@@ -384,3 +402,76 @@ def _precision_at(Zpos: np.ndarray, codes: _RankedCodes, t: int) -> np.ndarray:
     hits_above = (Zpos > cut).sum(axis=0)
     hits_tied = (Zpos == cut).sum(axis=0)
     return (hits_above + (t - n_above) * hits_tied / np.maximum(n_tied, 1)) / t
+
+
+def label_table(
+    Z,
+    acts=None,
+    labels=None,
+    label_names: list[str] | None = None,
+    top: int = 50,
+    name: str = "label",
+) -> FactorTable:
+    """Concept-versus-label table for a user's own classes (e.g. image sub-folders).
+
+    The same table as :func:`factor_table`, for one factor: each input's label, given to all
+    of its rows.
+
+    Parameters
+    ----------
+    Z : Tensor of shape (n_rows, n_concepts)
+    acts : Activations, optional
+        Row provenance; its ``labels`` / ``label_names`` (set from class sub-folders by
+        ``extract_image_activations``) are the defaults.
+    labels : array or Tensor of shape (n_samples,) or (n_rows,), optional
+        One label index per input (spread to its rows) or per row; ``-1`` = unlabelled.
+    label_names : list of str, optional
+        Name of each label index.
+    top : int, default=50
+        As in :func:`factor_table`.
+    name : str, default='label'
+        The factor's name in the table.
+
+    Returns
+    -------
+    FactorTable
+
+    Examples
+    --------
+    >>> import torch
+    >>> Z = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.8]])
+    >>> t = label_table(Z, labels=torch.tensor([0, 0, 1, 1]), label_names=["cat", "dog"])
+    >>> [(m.value, m.concept, m.purity) for m in t.matches]
+    [('cat', 0, 1.0), ('dog', 1, 1.0)]
+    """
+    Z = _as_codes(Z)
+    if labels is None:
+        if acts is None or getattr(acts, "labels", None) is None:
+            raise ValueError(
+                "label_table needs labels: pass labels=(one per input or per row), or "
+                "activations with labels (extract_image_activations reads class sub-folders)."
+            )
+        labels = acts.labels
+        label_names = label_names if label_names is not None else acts.label_names
+    lab = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
+    if lab.dtype.is_floating_point or lab.dtype == torch.bool or lab.ndim != 1:
+        raise ValueError(
+            f"labels must be a 1-D array of integer label indices; got dtype {lab.dtype} and "
+            f"shape {tuple(lab.shape)}."
+        )
+    lab = lab.long()
+    n_rows = Z.shape[0]
+    n_samples = acts.n_samples if acts is not None else n_rows
+    if acts is not None and lab.shape[0] == n_samples and n_samples != n_rows:
+        lab = lab[acts.sample.cpu()]
+    elif lab.shape[0] != n_rows:
+        raise ValueError(
+            f"labels has {lab.shape[0]} entries; it needs one per input ({n_samples}) or one "
+            f"per row of Z ({n_rows})."
+        )
+    names = list(label_names) if label_names is not None else None
+    if names is not None and lab.numel() and int(lab.max()) >= len(names):
+        raise ValueError(
+            f"labels go up to {int(lab.max())} but label_names has {len(names)} names."
+        )
+    return factor_table(Z, {name: lab}, {name: names} if names else None, top=top)

@@ -11,6 +11,7 @@ from ._explain_section import (
 )
 from .figures import (
     overlay_heatmap,
+    plot_activation_spectrum,
     plot_composition,
     plot_concept_overview,
     plot_factor_purity,
@@ -25,6 +26,7 @@ from .tokens import highlight_tokens_html, plot_token_highlights, token_codes
 __all__ = [
     "highlight_tokens_html",
     "overlay_heatmap",
+    "plot_activation_spectrum",
     "plot_attribution_map",
     "plot_class_explanation",
     "plot_composition",

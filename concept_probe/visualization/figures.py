@@ -13,7 +13,12 @@ import numpy as np
 import torch
 
 from .._checks import check_probability
-from ..concepts import composition_by_input, concept_prototypes, top_samples
+from ..concepts import (
+    activation_spectrum,
+    composition_by_input,
+    concept_prototypes,
+    top_samples,
+)
 from ..concepts.ranking import _as_codes
 from ._common import (
     as_numpy,
@@ -27,6 +32,7 @@ from ._common import (
 
 __all__ = [
     "overlay_heatmap",
+    "plot_activation_spectrum",
     "plot_composition",
     "plot_concept_overview",
     "plot_factor_purity",
@@ -331,6 +337,85 @@ def plot_composition(
         f"{100 * comp.coverage:.1f}% of it",
         fontsize=8,
     )
+    return fig
+
+
+def plot_activation_spectrum(
+    Z,
+    acts,
+    concept: int,
+    *,
+    n_bins: int = 5,
+    per_bin: int = 4,
+    reduce: str = "max",
+    cmap: str = "inferno",
+    alpha: float = 0.6,
+    tile: float = 1.1,
+):
+    """A concept's code across its whole range: histogram, and inputs from quantile bins.
+
+    The first panel is the histogram of ``Z[:, concept]`` over all rows with a positive code
+    (log count; the number of zero rows is in its title). For image activations each further
+    row shows ``per_bin`` inputs from one quantile interval of the pooled score (highest
+    interval first), with the concept's heatmap on one colour scale.
+
+    Parameters
+    ----------
+    Z : Tensor of shape (n_rows, n_concepts)
+    acts : Activations
+    concept : int
+    n_bins, per_bin : int
+        As in :func:`concept_probe.activation_spectrum`.
+    reduce : {'max', 'mean'}, default='max'
+    cmap, alpha : colour map and opacity of the heatmap.
+    tile : float, default=1.1
+        Size of one image in inches.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    Z = _as_codes(Z)
+    concept = check_concept(concept, Z.shape[1])
+    spec = activation_spectrum(Z, acts, concept, n_bins=n_bins, per_bin=per_bin, reduce=reduce)
+    images = getattr(acts, "images", None) if acts.kind in ("spatial", "pooled") else None
+    n_img_rows = n_bins if images is not None else 0
+    fig = new_figure(max(tile * per_bin + 1.2, 4.0), 1.8 + tile * n_img_rows)
+    grid = fig.add_gridspec(1 + n_img_rows, per_bin, height_ratios=[1.6] + [tile] * n_img_rows)
+    ax = fig.add_subplot(grid[0, :])
+    edges = as_numpy(spec.hist_edges)
+    ax.bar(edges[:-1], as_numpy(spec.hist_counts), width=np.diff(edges), align="edge")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"code of concept {concept}", fontsize=7)
+    ax.set_ylabel("rows", fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax.set_title(
+        f"concept {concept}: codes of all rows ({spec.n_zero_rows} rows at 0 not shown)",
+        fontsize=8,
+    )
+    if images is None:
+        return fig
+    heat = acts.heatmaps(Z[:, concept : concept + 1]) if acts.kind == "spatial" else None
+    vmax = float(Z[:, concept].max())
+    for r, b in enumerate(reversed(range(n_bins))):
+        lo, hi = float(spec.edges[b]), float(spec.edges[b + 1])
+        for j in range(per_bin):
+            axj = fig.add_subplot(grid[1 + r, j])
+            if j >= spec.samples[b].numel():
+                axj.axis("off")
+                continue
+            i = int(spec.samples[b][j])
+            show_heatmap(
+                axj,
+                images[i],
+                None if heat is None else heat[i, :, :, 0],
+                title=f"{float(spec.scores[b][j]):.3g}",
+                cmap=cmap,
+                alpha=alpha,
+                vmax=vmax,
+            )
+            if j == 0:
+                axj.set_ylabel(f"q{b + 1}: {lo:.2g}-{hi:.2g}", fontsize=6)
     return fig
 
 

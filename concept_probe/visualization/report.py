@@ -6,37 +6,75 @@ import html
 import json
 import math
 import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .._io import atomic_directory
 from ..concepts import (
+    TRACK_MIN_LIFT,
+    activation_spectrum,
+    border_share,
     composition_by_input,
     concept_prototypes,
     concept_stats,
     factor_table,
+    label_table,
     top_samples,
 )
 from ..concepts.ranking import _as_codes
 from ._common import short_id
 
-__all__ = ["write_report"]
+__all__ = ["ReportContext", "ReportSection", "write_report"]
+
+#: A concept whose convex weight sits at least this much on the map's outer ring is flagged.
+BORDER_WARNING_SHARE = 0.5
 
 _CSS = """
-body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2rem auto;
-       max-width: 1200px; color: #222; padding: 0 1rem; }
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 1rem auto;
+       max-width: 1200px; color: #222; padding: 0 0.8rem; }
 h1 { font-size: 1.5rem; } h2 { font-size: 1.2rem; border-top: 1px solid #ddd;
        padding-top: 1rem; } h3 { font-size: 1rem; color: #444; }
 table { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0; }
 td, th { border: 1px solid #ddd; padding: 0.2rem 0.5rem; text-align: right; }
 th { background: #f4f4f4; } td.l, th.l { text-align: left; }
-img { max-width: 100%; } .meta { color: #666; font-size: 0.85rem; }
-nav a { margin-right: 0.6rem; font-size: 0.85rem; }
-.scroll { overflow-x: auto; max-width: 100%; }
+img { max-width: 100%; height: auto; } .meta { color: #666; font-size: 0.85rem; }
+nav a { margin-right: 0.6rem; font-size: 0.85rem; white-space: nowrap; }
+.scroll { overflow-x: auto; max-width: 100%; -webkit-overflow-scrolling: touch; }
 .text { font-family: ui-monospace, monospace; font-size: 0.85rem; line-height: 1.8;
-        margin: 0.3rem 0; padding: 0.3rem; background: #fafafa; }
+        margin: 0.3rem 0; padding: 0.3rem; background: #fafafa; overflow-wrap: anywhere; }
 .tok { border-radius: 2px; } .tag { background: #eef; padding: 0 0.3rem; border-radius: 3px; }
+.warn { background: #fff4e0; border-left: 4px solid #e69500; padding: 0.3rem 0.6rem; }
+.thumb { width: 64px; height: 64px; object-fit: cover; display: block; }
+.snippet { max-width: 22rem; text-align: left; font-family: ui-monospace, monospace;
+           font-size: 0.8rem; }
+.sortbar button { font-size: 0.8rem; margin: 0 0.3rem 0.3rem 0; }
+tr:target, h2:target { background: #fffbcc; }
+"""
+
+# Sorting the concept index in place: no external script, works from file://.
+_JS = """
+document.querySelectorAll('.sortbar button').forEach(function (b) {
+  b.addEventListener('click', function () {
+    var key = b.getAttribute('data-key');
+    var body = document.querySelector('#concept-index tbody');
+    var rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function (x, y) {
+      var a = parseFloat(x.getAttribute('data-' + key));
+      var c = parseFloat(y.getAttribute('data-' + key));
+      if (isNaN(a)) { a = -Infinity; }
+      if (isNaN(c)) { c = -Infinity; }
+      if (a === c) { return 0; }
+      return key === 'concept' ? (a < c ? -1 : 1) : (a > c ? -1 : 1);
+    });
+    rows.forEach(function (r) { body.appendChild(r); });
+    document.querySelectorAll('.sortbar button').forEach(function (o) {
+      o.setAttribute('aria-pressed', o === b ? 'true' : 'false');
+    });
+  });
+});
 """
 
 
@@ -63,6 +101,82 @@ def _json_safe(obj):
 def _save_png(fig, path: Path) -> None:
     fig.savefig(path, dpi=100)
     fig.clear()
+
+
+def _img(src: str, alt: str, cls: str | None = None) -> str:
+    """An image tag that the browser loads only when it scrolls into view."""
+    c = f" class='{cls}'" if cls else ""
+    return (
+        f"<img src='{html.escape(src)}' alt='{html.escape(alt)}'{c} loading='lazy' "
+        f"decoding='async'>"
+    )
+
+
+def _anchor(*parts) -> str:
+    """An id safe in HTML and URLs, from names such as a factor and its value."""
+    out = "-".join(str(p) for p in parts)
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in out)
+
+
+@dataclass
+class ReportContext:
+    """What a report section may read: the fit, the data and what the report computed.
+
+    Attributes
+    ----------
+    folder : Path
+        The report folder being written (save a section's figures here, and refer to them by
+        file name).
+    nmf, acts : the fitted estimator and its activations.
+    Z : Tensor of shape (n_rows, n_concepts)
+    W : Tensor of shape (n_concepts, n_rows)
+    D : Tensor of shape (n_concepts, n_features)
+    stats : list of ConceptStats
+    order : list of int
+        Concepts in the order the page shows them (largest share first).
+    k : int
+        Inputs shown per concept.
+    """
+
+    folder: Path
+    nmf: object
+    acts: object
+    Z: torch.Tensor
+    W: torch.Tensor
+    D: torch.Tensor
+    stats: list
+    order: list[int]
+    k: int
+
+
+@dataclass
+class ReportSection:
+    """One extra section of the report, as a section function returns it.
+
+    Attributes
+    ----------
+    anchor : str
+        Its HTML id (letters, digits, ``-``, ``_``); the navigation bar links to it.
+    title : str
+        Its heading and navigation label.
+    html : str
+        Its body (everything after the heading): HTML with images saved in the folder.
+    summary : optional JSON-ready value stored under ``summary.json``'s ``anchor`` key (or
+        ``summary_key``).
+    summary_key : str, optional
+    concept_html : dict of int to str
+        An HTML fragment appended to a concept's own section.
+    concept_columns : dict of str to dict of int to float
+        Extra sortable columns of the concept index, e.g. ``{"importance": {0: 0.3, ...}}``.
+    """
+
+    anchor: str
+    title: str
+    html: str
+    summary: object = None
+    summary_key: str | None = None
+    concept_html: dict[int, str] = field(default_factory=dict)
+    concept_columns: dict[str, dict[int, float]] = field(default_factory=dict)
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -107,15 +221,24 @@ def write_report(
     title: str | None = None,
     overwrite: bool = True,
     explanation=None,
+    labels=None,
+    label_names: Sequence[str] | None = None,
+    sections: Sequence[Callable[[ReportContext], ReportSection | None]] = (),
 ) -> Path:
     """Write a browsable report of a fit: ``index.html``, the PNGs it shows, ``summary.json``.
 
-    One section per concept (largest share of the reconstruction first) with its statistics,
-    its top-activating samples by ``Z`` (heatmaps for spatial image activations, highlighted
-    tokens for text) and the inputs that make it up by ``W``. When the activations carry
-    ground-truth ``factors`` (the built-in demo), a concept-versus-factor table too. The page
-    uses no external assets, so it opens offline. The folder is assembled next to ``out``
-    and moved into place at the end: an interrupted call never leaves a half-written report.
+    A concept index first (one thumbnail per concept, sortable by share, density, coverage
+    and any column an extra section adds, e.g. importance), then one section per concept
+    (largest share of the reconstruction first): its statistics, its top-activating inputs
+    by ``Z`` (heatmaps for spatial image activations, highlighted tokens for text), its
+    activation spectrum (code histogram, inputs from quantile intervals), the inputs it is
+    made of by ``W`` with the share of the weight they carry, and the rows with the largest
+    weights. With ground-truth ``factors`` (the built-in demo) or labels (class sub-folders,
+    ``labels=``), concept-versus-factor / label tables, linked both ways with the concepts;
+    a value is named as tracked only when its lift reaches ``TRACK_MIN_LIFT``. Images load
+    lazily; the page uses no external assets, so it opens offline from ``file://``. The
+    folder is assembled next to ``out`` and moved into place at the end: an interrupted call
+    never leaves a half-written report.
 
     Parameters
     ----------
@@ -140,7 +263,16 @@ def write_report(
         What :func:`concept_probe.explain.explain_classes` computed: adds the section "Which
         concepts does the model use?" (per class, concepts ranked by importance with their
         top inputs, deletion / insertion curves, faithfulness) and ``summary.json``'s
-        ``explanation`` entry.
+        ``explanation`` entry; the concept index gains an importance column (the largest
+        mean importance of the concept over the classes).
+    labels : array or Tensor of shape (n_samples,) or (n_rows,), optional
+        The user's label of each input (or row), ``-1`` for none; defaults to ``acts.labels``
+        (class sub-folders). Adds the concept-versus-label table.
+    label_names : sequence of str, optional
+        Names of the label values (defaults to ``acts.label_names``).
+    sections : sequence of callables, optional
+        Extra sections: each is called with a :class:`ReportContext` and returns a
+        :class:`ReportSection` (or ``None`` to add nothing).
 
     Returns
     -------
@@ -166,17 +298,116 @@ def write_report(
         Z = nmf.encode(acts.A)
     # Z is checked once here; the functions _build calls take it as given.
     Z = _as_codes(Z, shape=(acts.n_rows, W.shape[0])).cpu().float()
+    tables = _tables(Z, acts, labels, label_names)  # validates labels before writing anything
     out = Path(out)
     _check_out(out, overwrite)
     with atomic_directory(out) as tmp:
-        _build(tmp, nmf, acts, Z, W, D, k, reduce, title, explanation)
+        _build(tmp, nmf, acts, Z, W, D, k, reduce, title, explanation, tables, sections)
     return out
 
 
+def _tables(Z, acts, labels, label_names) -> dict:
+    """The concept-versus-factor and concept-versus-label tables the report shows."""
+    tables = {}
+    if getattr(acts, "factors", None):
+        tables["factors"] = factor_table(Z, acts.factors, getattr(acts, "factor_values", None))
+    if labels is not None or getattr(acts, "labels", None) is not None:
+        lab = labels if labels is not None else acts.labels
+        names = label_names if label_names is not None else getattr(acts, "label_names", None)
+        if labels is not None or bool((torch.as_tensor(lab) >= 0).any()):
+            tables["labels"] = label_table(Z, acts, lab, list(names) if names else None)
+    return tables
+
+
+def _explanation_section(explanation) -> Callable[[ReportContext], ReportSection]:
+    """The "Which concepts does the model use?" section as a report section."""
+
+    def section(ctx: ReportContext) -> ReportSection:
+        from ._explain_section import render
+
+        parts, summary = render(ctx.folder, explanation, ctx.acts, ctx.Z, k=min(ctx.k, 4))
+        body = "\n".join(parts[1:]) if parts and parts[0].startswith("<h2") else "\n".join(parts)
+        importance = {}
+        for ce in explanation.classes:
+            mean = ce.importance.mean().tolist()
+            for c, v in enumerate(mean):
+                importance[c] = max(importance.get(c, -math.inf), float(v))
+        return ReportSection(
+            anchor="explain",
+            title="Which concepts does the model use?",
+            html=body,
+            summary=summary,
+            summary_key="explanation",
+            concept_columns={"importance": importance},
+        )
+
+    return section
+
+
+def _factor_rows(table, kind: str) -> str:
+    """Rows of a factor / label table, each with an id a concept section links to."""
+    tracked = {id(m) for m in table.tracked()}
+    out = []
+    for m in table.matches:
+        anchor = _anchor(kind, m.factor, m.value)
+        flag = "yes" if id(m) in tracked else "no"
+        out.append(
+            f"<tr id='{anchor}'><td class='l'>{html.escape(m.factor)}</td>"
+            f"<td class='l'>{html.escape(m.value)}</td>"
+            f"<td><a href='#concept-{m.concept}'>{m.concept}</a></td><td>{m.purity:.3f}</td>"
+            f"<td>{m.chance:.3f}</td><td>{m.lift:.1f}x</td><td>{flag}</td><td>{m.auc:.3f}</td>"
+            f"<td>{m.r_precision:.3f}</td><td>{m.n_rows}</td></tr>"
+        )
+    return "".join(out)
+
+
+_TABLE_HEAD = (
+    "<div class='scroll'><table><tr><th class='l'>{what}</th><th class='l'>value</th>"
+    "<th>concept</th><th>purity</th><th>chance</th><th>lift</th><th>tracked</th><th>AUC</th>"
+    "<th>R-precision</th><th>rows</th></tr>"
+)
+
+_TABLE_NOTE = (
+    "For each {what} value, the concept whose strongest rows carry it most often. Purity: "
+    "fraction of the concept's top-t rows with the value (t = min(50, rows with the value)); "
+    "chance: the value's share of the rows; lift: purity over chance; tracked: lift at least "
+    "{lift:g}x (only then does a concept section name the value); AUC: the concept's code as a "
+    "detector of the value; R-precision: the same fraction over as many top rows as rows carry "
+    "the value (high only if the concept covers the whole value, not a subset such as 'red "
+    "squares' for 'red'). {frac:.0f}% of values have a concept at {lift:g}x chance or more."
+)
+
+
+def _thumbnail(acts, Z, c: int, sample: int, heat, path: Path) -> None:
+    """A small PNG of a concept's top input with its heatmap."""
+    import matplotlib.image
+
+    from .figures import overlay_heatmap
+
+    img = acts.images[sample]
+    if heat is not None:
+        shown = overlay_heatmap(img, heat[sample, :, :, c], vmax=float(Z[:, c].max()))
+    else:
+        shown = img.numpy().astype("float64") / 255.0
+    matplotlib.image.imsave(path, shown)
+
+
 def _build(
-    tmp: Path, nmf, acts, Z, W, D, k: int, reduce: str, title: str | None, explanation=None
+    tmp: Path,
+    nmf,
+    acts,
+    Z,
+    W,
+    D,
+    k: int,
+    reduce: str,
+    title: str | None,
+    explanation,
+    tables: dict,
+    sections: Sequence,
 ) -> None:
     from .figures import (
+        plot_activation_spectrum,
         plot_composition,
         plot_concept_overview,
         plot_factor_purity,
@@ -195,18 +426,50 @@ def _build(
     meta = dict(getattr(acts, "meta", None) or {})
     source = " / ".join(str(meta[key]) for key in ("model", "layer") if meta.get(key))
     title = title or (f"Concepts of {source}" if source else "concept_probe report")
+    border = None
+    if acts.kind == "spatial" and acts.grid and min(acts.grid) > 2:
+        border = border_share(W, acts)
+    drawable = (
+        acts.texts is not None and acts.char_spans is not None
+        if acts.kind == "text"
+        else acts.images is not None
+    )
 
-    table = None
-    if getattr(acts, "factors", None):
-        table = factor_table(Z, acts.factors, getattr(acts, "factor_values", None))
+    # Extra sections first: they may add columns to the index and fragments to concepts.
+    ctx = ReportContext(tmp, nmf, acts, Z, W, D, stats, order, k)
+    funcs = list(sections)
+    if explanation is not None:
+        funcs.append(_explanation_section(explanation))
+    extras = []
+    for f in funcs:
+        sec = f(ctx)
+        if sec is None:
+            continue
+        if not isinstance(sec, ReportSection):
+            raise TypeError(
+                f"a report section must return a ReportSection or None; {f!r} returned "
+                f"{type(sec).__name__}."
+            )
+        extras.append(sec)
+    columns: dict[str, dict[int, float]] = {}
+    for sec in extras:
+        columns.update(sec.concept_columns)
+
     tracks: dict[int, list] = {}
-    if table is not None:
-        for m in table.matches:
-            tracks.setdefault(m.concept, []).append(m)
+    for kind, table in tables.items():
+        for m in table.tracked():
+            tracks.setdefault(m.concept, []).append((kind, m))
 
     _save_png(plot_concept_overview(stats), tmp / "overview.png")
+    nav = [("concepts", "Concepts"), ("overview", "Overview")]
+    if "factors" in tables:
+        nav.append(("factors", "Known factors"))
+    if "labels" in tables:
+        nav.append(("labels", "Your labels"))
+    nav += [(sec.anchor, sec.title) for sec in extras]
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         "<p class='meta'>"
@@ -224,42 +487,104 @@ def _build(
             ]
         )
         + "</p>",
-        "<nav>" + "".join(f"<a href='#concept-{c}'>concept {c}</a>" for c in order) + "</nav>",
-        "<h2>Overview</h2><p class='meta'>Per concept: its share of the reconstruction "
-        "and its density, the share of inputs whose largest reconstruction term "
-        "(code x dictionary norm, max over the input's rows) is this concept's.</p>"
-        "<img src='overview.png' alt='share and density of every concept'>",
+        "<nav>" + "".join(f"<a href='#{a}'>{html.escape(t)}</a>" for a, t in nav) + "</nav>",
     ]
-    if table is not None:
+
+    # ---- concept index: one row per concept, a thumbnail, sortable columns
+    heat = acts.heatmaps(Z) if acts.kind == "spatial" and drawable else None
+    keys = [("share", "share"), ("density", "density"), ("coverage", "top-k coverage")]
+    keys += [(name, name) for name in columns]
+    parts += [
+        "<h2 id='concepts'>Concepts</h2>",
+        f"<p class='meta'>One row per concept, largest share of the reconstruction first. "
+        f"Density: share of the inputs whose largest reconstruction term is this concept's. "
+        f"Top-k coverage: share of the concept's convex weight on its {k} largest weights. "
+        f"Tracks: factor or label values at {TRACK_MIN_LIFT:g}x chance or more.</p>",
+        "<div class='sortbar'>Sort by: "
+        + "".join(
+            f"<button type='button' data-key='{key}'>{html.escape(label)}</button>"
+            for key, label in [*keys, ("concept", "number")]
+        )
+        + "</div>",
+        "<div class='scroll'><table id='concept-index'><thead><tr><th></th>"
+        "<th>concept</th><th>share</th><th>density</th><th>top-k coverage</th>"
+        "<th>effective rows</th>"
+        + "".join(f"<th>{html.escape(name)}</th>" for name in columns)
+        + "<th class='l'>tracks</th></tr></thead><tbody>",
+    ]
+    for c in order:
+        s = stats[c]
+        if drawable and acts.kind != "text":
+            _thumbnail(acts, Z, c, int(ranked.indices[c, 0]), heat, tmp / f"thumb_{c}.png")
+            thumb = f"<a href='#concept-{c}'>{_img(f'thumb_{c}.png', f'concept {c}', 'thumb')}</a>"
+        elif drawable:
+            row = int(torch.argmax(Z[:, c]))
+            thumb = f"<span class='snippet'>{_text_context(acts, row, context=4)}</span>"
+        else:
+            thumb = ""
+        data = {"concept": c, "share": s.share, "density": s.dominant_inputs}
+        data["coverage"] = s.top_rows_share
+        data.update({name: col.get(c, math.nan) for name, col in columns.items()})
+        attrs = " ".join(
+            f"data-{key}='{float(v):.6g}'" if math.isfinite(float(v)) else f"data-{key}='nan'"
+            for key, v in data.items()
+        )
+        tags = ", ".join(
+            f"<a href='#{_anchor(kind, m.factor, m.value)}'>{html.escape(m.factor)} = "
+            f"{html.escape(m.value)}</a>"
+            for kind, m in tracks.get(c, [])
+        )
+        parts.append(
+            f"<tr {attrs}><td>{thumb}</td><td><a href='#concept-{c}'>{c}</a></td>"
+            f"<td>{_fmt(s.share)}</td><td>{100 * s.dominant_inputs:.1f}%</td>"
+            f"<td>{100 * s.top_rows_share:.1f}%</td><td>{s.effective_rows:.1f}</td>"
+            + "".join(f"<td>{_fmt(columns[name].get(c))}</td>" for name in columns)
+            + f"<td class='l'>{tags}</td></tr>"
+        )
+    parts.append("</tbody></table></div>")
+
+    parts += [
+        "<h2 id='overview'>Overview</h2><p class='meta'>Per concept: its share of the "
+        "reconstruction and its density, the share of inputs whose largest reconstruction "
+        "term (code x dictionary norm, max over the input's rows) is this concept's.</p>",
+        _img("overview.png", "share and density of every concept"),
+    ]
+    if "factors" in tables:
+        table = tables["factors"]
         _save_png(plot_factor_purity(table), tmp / "factors.png")
-        rows = "".join(
-            f"<tr><td class='l'>{html.escape(m.factor)}</td><td class='l'>{html.escape(m.value)}"
-            f"</td><td><a href='#concept-{m.concept}'>{m.concept}</a></td><td>{m.purity:.3f}</td>"
-            f"<td>{m.chance:.3f}</td><td>{m.lift:.1f}x</td><td>{m.auc:.3f}</td>"
-            f"<td>{m.r_precision:.3f}</td></tr>"
-            for m in table.matches
+        note = _TABLE_NOTE.format(
+            what="factor",
+            lift=TRACK_MIN_LIFT,
+            frac=100 * table.fraction_above_chance(TRACK_MIN_LIFT),
         )
         parts += [
-            "<h2>Concepts versus known factors</h2>",
-            "<p class='meta'>For each factor value, the concept whose strongest rows carry it "
-            "most often. Purity: fraction of the concept's top-t rows with the value "
-            "(t = min(50, rows with the value)); chance: the value's share of the rows; AUC: "
-            "the concept's code as a detector of the value; R-precision: the same fraction "
-            "over as many top rows as rows carry the value (high only if the concept covers "
-            "the whole value, not a subset such as 'red squares' for 'red'). "
-            f"{100 * table.fraction_above_chance(2.0):.0f}% of values have a concept with purity "
-            "above twice chance.</p>",
-            "<div class='scroll'><table><tr><th class='l'>factor</th><th class='l'>value</th>"
-            "<th>concept</th>"
-            "<th>purity</th><th>chance</th><th>lift</th><th>AUC</th><th>R-precision</th></tr>"
-            f"{rows}</table></div>",
-            "<img src='factors.png' alt='purity of every concept for every factor value'>",
+            "<h2 id='factors'>Concepts versus known factors</h2>",
+            f"<p class='meta'>{note}</p>",
+            _TABLE_HEAD.format(what="factor") + _factor_rows(table, "factors") + "</table></div>",
+            _img("factors.png", "purity of every concept for every factor value"),
+        ]
+    if "labels" in tables:
+        table = tables["labels"]
+        _save_png(plot_factor_purity(table), tmp / "labels.png")
+        note = _TABLE_NOTE.format(
+            what="label",
+            lift=TRACK_MIN_LIFT,
+            frac=100 * table.fraction_above_chance(TRACK_MIN_LIFT),
+        )
+        parts += [
+            "<h2 id='labels'>Concepts versus your labels</h2>",
+            f"<p class='meta'>Each input's label (for images, its class sub-folder) is given to "
+            f"all its rows. {note}</p>",
+            _TABLE_HEAD.format(what="label") + _factor_rows(table, "labels") + "</table></div>",
+            _img("labels.png", "purity of every concept for every label"),
         ]
 
     summary_concepts = []
     for c in order:
         s = stats[c]
         proto = concept_prototypes(W, acts, concept=c, k=k)
+        comp = compositions[c]
+        spec = activation_spectrum(Z, acts, c, reduce=reduce)
         tops = [
             {
                 "sample": int(i),
@@ -280,25 +605,37 @@ def _build(
                 zip(proto.rows, proto.sample, proto.weights, proto.share, strict=True)
             )
         ]
-        comp = compositions[c]
         entry = {
             "concept": c,
             "stats": s.to_dict(),
             "top_samples": tops,
             "prototypes": protos,
             "composition": comp.to_dict(),
+            "spectrum": spec.to_dict(),
         }
+        if border is not None:
+            entry["border_share"] = float(border.share[c])
         if c in tracks:
             entry["tracks"] = [
-                {"factor": m.factor, "value": m.value, "purity": m.purity} for m in tracks[c]
+                {
+                    "table": kind,
+                    "factor": m.factor,
+                    "value": m.value,
+                    "purity": m.purity,
+                    "lift": m.lift,
+                }
+                for kind, m in tracks[c]
             ]
+        for name, col in columns.items():
+            entry[name] = col.get(c)
         summary_concepts.append(entry)
 
         parts.append(f"<h2 id='concept-{c}'>Concept {c}</h2>")
         tag = "".join(
-            f" <span class='tag'>{html.escape(m.factor)} = {html.escape(m.value)} "
-            f"(purity {m.purity:.2f})</span>"
-            for m in tracks.get(c, [])
+            f" <a class='tag' href='#{_anchor(kind, m.factor, m.value)}'>"
+            f"{html.escape(m.factor)} = {html.escape(m.value)} (purity {m.purity:.2f}, "
+            f"{m.lift:.1f}x chance)</a>"
+            for kind, m in tracks.get(c, [])
         )
         parts.append(
             "<div class='scroll'><table><tr><th>share of reconstruction</th>"
@@ -311,12 +648,15 @@ def _build(
             f"<td>{s.rows_50} / {s.rows_90}</td></tr></table></div>"
             + (f"<p>Tracks:{tag}</p>" if tag else "")
         )
+        if border is not None and float(border.share[c]) >= BORDER_WARNING_SHARE:
+            parts.append(
+                f"<p class='warn'>Border: {100 * float(border.share[c]):.0f}% of this "
+                f"concept's convex weight sits on the outer ring of the feature map, which holds "
+                f"{100 * border.row_fraction:.0f}% of the rows. At a zero-padded layer those "
+                f"cells are often extreme points picked for the padding, not the content: "
+                f"compare with a fit on activations extracted with border=1.</p>"
+            )
         coverage = _coverage_note(s, comp, acts)
-        drawable = (
-            acts.texts is not None and acts.char_spans is not None
-            if acts.kind == "text"
-            else acts.images is not None
-        )
         if not drawable:
             parts += _table_fallback(acts, tops, protos, coverage)
         elif acts.kind == "text":
@@ -325,6 +665,15 @@ def _build(
                 parts.append(
                     f"<div class='text'>{highlight_tokens_html(Z, acts, t['sample'], c)}</div>"
                 )
+            _save_png(
+                plot_activation_spectrum(Z, acts, c, reduce=reduce),
+                tmp / f"concept_{c}_spectrum.png",
+            )
+            parts += [
+                "<h3>Activation spectrum</h3>",
+                _img(f"concept_{c}_spectrum.png", f"code histogram of concept {c}"),
+                _spectrum_texts(Z, acts, c, spec, highlight_tokens_html),
+            ]
             parts.append("<h3>The texts it is made of (by their share of W)</h3>" + coverage)
             vmax_w = float(W[c].max())
             for i, sh in zip(comp.samples.tolist(), comp.share.tolist(), strict=True):
@@ -337,33 +686,42 @@ def _build(
             for p in protos:
                 parts.append(
                     f"<tr><td>{100 * p['share']:.1f}%</td><td class='l'>"
-                    f"{_token_context(acts, p['row'], p['sample'])}</td></tr>"
+                    f"{_text_context(acts, p['row'])}</td></tr>"
                 )
             parts.append("</table></div>")
         else:
             _save_png(
                 plot_top_samples(Z, acts, c, k=k, reduce=reduce), tmp / f"concept_{c}_top.png"
             )
-            _save_png(plot_prototypes(W, acts, c, k=k), tmp / f"concept_{c}_prototypes.png")
+            _save_png(
+                plot_activation_spectrum(Z, acts, c, reduce=reduce),
+                tmp / f"concept_{c}_spectrum.png",
+            )
             _save_png(plot_composition(W, acts, c, k=k), tmp / f"concept_{c}_composition.png")
+            _save_png(plot_prototypes(W, acts, c, k=k), tmp / f"concept_{c}_prototypes.png")
             what = "with the concept's heatmap" if acts.kind == "spatial" else ""
             parts += [
                 f"<h3>Top-activating samples (by Z) {what}</h3>",
-                f"<img src='concept_{c}_top.png' alt='top samples of concept {c}'>",
+                _img(f"concept_{c}_top.png", f"top samples of concept {c}"),
+                "<h3>Activation spectrum (code histogram; inputs from 5 quantile intervals of "
+                "the score, highest first)</h3>",
+                _img(f"concept_{c}_spectrum.png", f"activation spectrum of concept {c}"),
                 "<h3>The inputs it is made of (by their share of W; heatmap: the weight of "
                 "each position)</h3>" + coverage,
-                f"<img src='concept_{c}_composition.png' alt='inputs that make up concept {c}'>",
+                _img(f"concept_{c}_composition.png", f"inputs that make up concept {c}"),
                 "<h3>Rows that make it up (largest weights in W; outlined: the contributing "
                 "position)</h3>",
-                f"<img src='concept_{c}_prototypes.png' alt='rows that make up concept {c}'>",
+                _img(f"concept_{c}_prototypes.png", f"rows that make up concept {c}"),
             ]
-    explain_summary = None
-    if explanation is not None:  # the section lives in its own module
-        from ._explain_section import render
-
-        extra, explain_summary = render(tmp, explanation, acts, Z, k=min(k, 4))
-        parts += extra
-    parts.append("</body></html>")
+        for sec in extras:
+            if c in sec.concept_html:
+                parts.append(sec.concept_html[c])
+        parts.append("<p class='meta'><a href='#concepts'>back to the index</a></p>")
+    extra_summary = {}
+    for sec in extras:
+        parts += [f"<h2 id='{_anchor(sec.anchor)}'>{html.escape(sec.title)}</h2>", sec.html]
+        extra_summary[sec.summary_key or sec.anchor] = sec.summary
+    parts.append(f"<script>{_JS}</script></body></html>")
     (tmp / "index.html").write_text("\n".join(parts), encoding="utf-8")
 
     summary = {
@@ -377,13 +735,29 @@ def _build(
             "meta": meta,
         },
         "estimator": _estimator_info(nmf),
+        "track_min_lift": TRACK_MIN_LIFT,
         "concepts": summary_concepts,
-        "factor_table": table.to_rows() if table is not None else None,
-        "explanation": explain_summary,
+        "factor_table": tables["factors"].to_rows() if "factors" in tables else None,
+        "label_table": tables["labels"].to_rows() if "labels" in tables else None,
+        "explanation": None,
+        **extra_summary,
     }
     (tmp / "summary.json").write_text(
         json.dumps(_json_safe(summary), indent=2, allow_nan=False), encoding="utf-8"
     )
+
+
+def _spectrum_texts(Z, acts, c: int, spec, highlight) -> str:
+    """Texts from the quantile intervals of a concept's score, highest interval first."""
+    out = ["<div class='scroll'><table><tr><th>interval</th><th class='l'>texts</th></tr>"]
+    for b in reversed(range(len(spec.samples))):
+        lo, hi = float(spec.edges[b]), float(spec.edges[b + 1])
+        texts = "".join(
+            f"<div class='text'>{highlight(Z, acts, int(i), c)}</div>" for i in spec.samples[b]
+        )
+        out.append(f"<tr><td>q{b + 1}: {lo:.3g}-{hi:.3g}</td><td class='l'>{texts}</td></tr>")
+    out.append("</table></div>")
+    return "".join(out)
 
 
 def _coverage_note(s, comp, acts) -> str:
@@ -398,18 +772,39 @@ def _coverage_note(s, comp, acts) -> str:
     )
 
 
-def _token_context(acts, row: int, sample: int, context: int = 6) -> str:
+def _text_context(acts, row: int, context: int = 6) -> str:
+    """A row's token in its text, ``context`` tokens either side, from the recorded spans.
+
+    The text is cut from ``acts.texts`` by the character spans the extraction recorded, so
+    it reads as written (no ``##`` word pieces, original spacing); the row's own characters
+    are highlighted. Special tokens (empty spans) are skipped.
+    """
+    sample = int(acts.sample[row])
     rows = acts.rows_of(sample)
+    spans = acts.char_spans[rows]
+    real = spans[:, 1] > spans[:, 0]
     where = int((rows == row).nonzero()[0, 0])
-    lo, hi = max(0, where - context), min(rows.numel(), where + context + 1)
-    words = []
-    for r in rows[lo:hi].tolist():
-        tok = html.escape(acts.tokens[r])
-        words.append(f"<b class='tag'>{tok}</b>" if r == row else tok)
-    text = " ".join(words)
+    text = acts.texts[sample]
+    start, end = (int(v) for v in acts.char_spans[row])
+    if end <= start:  # a special token: no characters of its own
+        tok = html.escape(acts.tokens[row]) if acts.tokens else "[special]"
+        snippet = f"<b class='tag'>{tok}</b>"
+    else:
+        idx = torch.nonzero(real).flatten()
+        k = int(torch.searchsorted(idx, torch.tensor(where)))
+        lo_i = idx[max(0, k - context)]
+        hi_i = idx[min(idx.numel() - 1, k + context)]
+        lo, hi = int(spans[lo_i, 0]), int(spans[hi_i, 1])
+        snippet = (
+            ("…" if lo > 0 else "")
+            + html.escape(text[lo:start])
+            + f"<b class='tag'>{html.escape(text[start:end])}</b>"
+            + html.escape(text[end:hi])
+            + ("…" if hi < len(text) else "")
+        )
     if acts.sample_ids:
-        text += f" <span class='meta'>({html.escape(short_id(acts.sample_ids[sample]))})</span>"
-    return text
+        snippet += f" <span class='meta'>({html.escape(short_id(acts.sample_ids[sample]))})</span>"
+    return snippet
 
 
 def _table_fallback(acts, tops: list[dict], protos: list[dict], coverage: str) -> list[str]:
