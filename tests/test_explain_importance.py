@@ -13,19 +13,22 @@ from concept_probe.explain import (
 )
 
 
-def linear_case(n=5, d=6, k=4, seed=0):
+def linear_case(n=5, d=6, k=4, seed=0, batch_size=512, tail="auto"):
     """A model whose output is linear in the layer's output: f = w . a + b."""
     g = torch.Generator().manual_seed(seed)
     model = nn.Sequential(nn.Identity(), nn.Linear(d, 3)).eval()
     with torch.no_grad():
         model[1].weight.copy_(torch.randn(3, d, generator=g).abs())  # positive evidence
+        model[1].bias.copy_(torch.randn(3, generator=g))
     x = torch.rand(n, d, generator=g)
     D = torch.rand(k, d, generator=g)
     Z = torch.rand(n, k, generator=g) * 2
     acts = Activations(
         x, torch.arange(n), kind="pooled", meta={"layer": "0", "model_class": "Sequential"}
     )
-    ex = ConceptExplainer(model, D, acts, Z, inputs=x, progress=False, batch_size=512)
+    ex = ConceptExplainer(
+        model, D, acts, Z, inputs=x, progress=False, batch_size=batch_size, tail=tail
+    )
     # coefficient of concept c's mask in target 0: a_c = w . (Z_c D_c)
     a = Z * (D @ model[1].weight[0].detach())[None, :]  # (n, k)
     return ex, a
@@ -128,3 +131,17 @@ def test_faithfulness_and_deletion_insertion_on_the_linear_model():
     worst.values = -worst.values
     bad = ex.deletion_insertion(worst, n_random=3, seed=0)
     assert bad.beats_random == [False] and bad.to_dict()["aopc_ratio"] < 1
+
+
+def test_the_cut_model_with_small_batches_over_many_inputs_matches_the_full_forward():
+    # 20 inputs, batches of 3 perturbed copies: the cache of layer outputs (4 batches) turns
+    # over while batches mix inputs
+    cut, _ = linear_case(n=20, batch_size=3)
+    full, _ = linear_case(n=20, batch_size=3, tail=None)
+    a = cut.importance([0, 1], method="occlusion")
+    b = full.importance([0, 1], method="occlusion")
+    assert cut.tail_info == "cut after '0': runs only 1"
+    torch.testing.assert_close(a.values, b.values, rtol=1e-5, atol=1e-6)
+    da = cut.deletion_insertion(a, n_random=1)
+    db = full.deletion_insertion(b, n_random=1)
+    torch.testing.assert_close(da.deletion, db.deletion, rtol=1e-5, atol=1e-6)

@@ -561,13 +561,15 @@ class ConceptExplainer:
 
     # ------------------------------------------------------------------ the cut model
     def _prefix(self, samples: Sequence[int]) -> torch.Tensor:
-        """The layer's output for some inputs, computed once and cached (the model's head)."""
+        """The layer's output for some inputs, computed once per input and cached."""
         from ..extraction.hooks import capture_layers
 
-        missing = [s for s in dict.fromkeys(samples) if s not in self._prefix_cache]
+        needed = list(dict.fromkeys(samples))
+        missing = [s for s in needed if s not in self._prefix_cache]
         if missing:
             if len(self._prefix_cache) + len(missing) > 4 * self.batch_size:
-                self._prefix_cache.clear()
+                # keep only what this pass needs (the cache bounds memory, not correctness)
+                self._prefix_cache = {s: self._prefix_cache[s] for s in needed if s not in missing}
             with capture_layers(self.model, self.layer) as cap:
                 out = cap.run(self._inputs.batch(missing), stop_early=True)[self.layer]
             for j, s in enumerate(missing):
