@@ -33,9 +33,11 @@ from .errors import (
     ConceptProbeError,
     ConvergenceWarning,
     CorruptFileError,
+    FitMismatchError,
     InvalidParameterError,
     LayerNotFoundError,
     NotFittedError,
+    UnscaledL1Warning,
 )
 from .evaluation import (
     Evaluation,
@@ -63,6 +65,7 @@ from .extraction import (
     load_vision_model,
 )
 from .factorization import ConvexNMF, SemiNMF
+from .fit_folder import SavedFit, activations_fingerprint, load_fit, save_fit
 from .visualization import (
     highlight_tokens_html,
     plot_activation_spectrum,
@@ -95,15 +98,19 @@ __all__ = [
     "Evaluation",
     "FactorMatch",
     "FactorTable",
+    "FitMismatchError",
     "InputComposition",
     "InvalidParameterError",
     "LayerNotFoundError",
     "NotFittedError",
+    "SavedFit",
     "SemiNMF",
     "TopSamples",
+    "UnscaledL1Warning",
     "WeightCoverage",
     "__version__",
     "activation_spectrum",
+    "activations_fingerprint",
     "border_share",
     "capture_layers",
     "composition_by_input",
@@ -120,6 +127,7 @@ __all__ = [
     "highlight_tokens_html",
     "label_table",
     "list_layers",
+    "load_fit",
     "load_text_model",
     "load_vision_model",
     "match_dictionaries",
@@ -133,6 +141,7 @@ __all__ = [
     "plot_token_highlights",
     "plot_top_samples",
     "sample_scores",
+    "save_fit",
     "sweep_k",
     "top_samples",
     "weight_by_input",

@@ -287,7 +287,8 @@ def _default_layer(model) -> str:
         ) from None
 
 
-def _extract(args):
+def _extract(args, out: Path | None = None):
+    """Extract the activations the flags describe; with ``out``, stream them there (resumable)."""
     progress = not args.quiet
     _positive("--batch-size", args.batch_size)
     _positive("--max-rows", args.max_rows, allow_none=True)
@@ -322,6 +323,7 @@ def _extract(args):
             args.texts,
             batch_size=args.batch_size,
             device=args.device,
+            out=out,
             progress=progress,
         )
     if args.images is not None:
@@ -345,6 +347,7 @@ def _extract(args):
             device=args.device,
             max_rows=args.max_rows,
             seed=args.seed,
+            out=out,
             progress=progress,
         )
     if args.model or args.checkpoint or args.pretrained:
@@ -370,11 +373,13 @@ def _extract(args):
         batch_size=args.batch_size,
         progress=progress,
     )
+    if out is not None:  # generated in memory (it is small), then saved
+        acts.save(out)
     return acts
 
 
 def _fit(args, acts, nmf):
-    from .errors import ConvergenceWarning
+    from .errors import ConvergenceWarning, UnscaledL1Warning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -386,7 +391,7 @@ def _fit(args, acts, nmf):
                 f"(tol {nmf.tol:g}); raise --max-iter for a tighter fit.",
                 file=sys.stderr,
             )
-        elif "strict_convex" in str(w.message):
+        elif issubclass(w.category, UnscaledL1Warning):
             print(
                 "note: --l1 without --strict-convex mostly rescales W instead of sparsifying "
                 "the codes; add --strict-convex.",
@@ -397,75 +402,22 @@ def _fit(args, acts, nmf):
     return nmf, Z.detach().cpu()
 
 
-def _fingerprint(acts) -> dict:
-    """What identifies the activations a fit belongs to (checked by 'report')."""
-    import torch
-
-    meta = acts.meta or {}
-    return {
-        "n_rows": acts.n_rows,
-        "n_features": acts.n_features,
-        "layer": meta.get("layer"),
-        "model": meta.get("model"),
-        "sum_A": round(float(acts.A.sum(dtype=torch.float64)), 6),
-    }
-
-
 def _save_fit(nmf, Z, acts, folder: Path) -> None:
-    from ._io import save_tensors_atomic
+    from .fit_folder import save_fit
 
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"--out {folder} is a file; give a folder for the fit.")
-    folder.mkdir(parents=True, exist_ok=True)
-    nmf.save(folder / "concepts.safetensors")
-    save_tensors_atomic(
-        {"Z": Z},
-        folder / "codes.safetensors",
-        metadata={"activations": json.dumps(_fingerprint(acts))},
-    )
+    save_fit(folder, nmf, Z, acts)
 
 
 def _load_fit(folder: Path, acts):
-    from ._io import load_tensors
-    from .factorization import ConvexNMF
+    from .fit_folder import load_fit
 
     if not folder.is_dir():
         raise UsageError(
             f"{folder}: no such folder (give the --out folder of 'concept-probe fit')."
         )
-    for name in ("concepts.safetensors", "codes.safetensors"):
-        if not (folder / name).is_file():
-            raise UsageError(
-                f"{folder} has no {name}: is it a folder written by 'concept-probe fit'?"
-            )
-    nmf = ConvexNMF.load(folder / "concepts.safetensors", device="cpu")
-    tensors, meta = load_tensors(folder / "codes.safetensors")
-    if "Z" not in tensors:
-        raise UsageError(f"{folder / 'codes.safetensors'} holds no codes 'Z'; re-run the fit.")
-    Z = tensors["Z"]
-    try:
-        saved = json.loads(meta.get("activations", "{}"))
-    except json.JSONDecodeError:
-        saved = {}
-    now = _fingerprint(acts)
-    differ = [
-        f"{key} {saved[key]} vs {now[key]}"
-        for key in now
-        if key in saved
-        and saved[key] != now[key]
-        and not (key == "sum_A" and abs(saved[key] - now[key]) <= 1e-6 * max(1.0, abs(now[key])))
-    ]
-    if Z.shape[0] != acts.n_rows or nmf.D.shape[1] != acts.n_features or differ:
-        raise UsageError(
-            f"the fit in {folder} was not made on these activations ("
-            + (
-                ", ".join(differ)
-                or f"{Z.shape[0]} x {nmf.D.shape[1]} fitted vs "
-                f"{acts.n_rows} x {acts.n_features} given"
-            )
-            + "): pass the activations it was fitted on."
-        )
-    return nmf, Z
+    return tuple(load_fit(folder, acts))
 
 
 def _print_done(acts, nmf, t0: float) -> None:
@@ -507,11 +459,21 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_extract(args) -> int:
-    acts = _extract(args)
-    path = acts.save(args.out)
+    from .extraction._storage import MANIFEST, PROGRESS
+
+    out: Path = args.out
+    if (out / PROGRESS).is_file():
+        print(f"note: resuming the interrupted extraction in {out}.", file=sys.stderr)
+    elif (out / MANIFEST).is_file() and (args.images is not None or args.texts is not None):
+        print(
+            f"note: {out} already holds activations; they are reused if they were extracted "
+            f"with the same settings.",
+            file=sys.stderr,
+        )
+    acts = _extract(args, out=out)
     print(
         f"Saved {acts.n_rows} rows x {acts.n_features} features from {acts.n_samples} inputs "
-        f"to {path}"
+        f"to {out}"
     )
     return 0
 

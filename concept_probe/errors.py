@@ -11,9 +11,11 @@ __all__ = [
     "ConceptProbeError",
     "ConvergenceWarning",
     "CorruptFileError",
+    "FitMismatchError",
     "InvalidParameterError",
     "LayerNotFoundError",
     "NotFittedError",
+    "UnscaledL1Warning",
 ]
 
 
@@ -54,5 +56,18 @@ class CorruptFileError(ConceptProbeError, ValueError):
     """A file on disk is truncated, half-written or not in the expected format."""
 
 
+class FitMismatchError(ConceptProbeError, ValueError):
+    """A saved fit was given activations other than the ones it was fitted on."""
+
+
 class ConvergenceWarning(UserWarning):
     """An iterative solver stopped at ``max_iter`` before meeting its tolerance."""
+
+
+class UnscaledL1Warning(UserWarning):
+    """``l1_penalty > 0`` without ``strict_convex=True``: the penalty mostly rescales ``W``.
+
+    Only ``Z W`` is fixed by the data, so the fit can lower ``sum(Z)`` by growing ``W``
+    instead of zeroing codes; ``strict_convex=True`` (rows of ``W`` sum to one) removes that
+    freedom.
+    """

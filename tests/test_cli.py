@@ -377,3 +377,71 @@ def test_report_refuses_a_fit_made_on_other_activations(demo_run, tmp_path, caps
     )
     _assert_one_line_error(code, err, "not made on these activations")
     assert not (tmp_path / "rep").exists()
+
+
+def test_extract_streams_to_out_and_resumes_an_interrupted_run(
+    tiny_text_model, tmp_path, capsys, monkeypatch
+):
+    import concept_probe.extraction as extraction
+    import concept_probe.extraction._engine as engine
+    from concept_probe import Activations
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("one cat\ntwo dogs bark\nthree red cars\nfour\n")
+    argv = ["extract", "--model", tiny_text_model, "--texts", texts, "--layer", "encoder.layer.1"]
+    argv += ["--batch-size", "1", "--quiet"]
+    code, _, err = _cli(capsys, *argv, "--out", tmp_path / "whole.cp")
+    assert code == 0, err
+    whole = Activations.load(tmp_path / "whole.cp")
+
+    monkeypatch.setattr(engine, "SHARD_BYTES", 1)  # one shard per text
+    real_load = extraction.load_text_model
+    calls, stop_at = [], [3]
+
+    def load_counting(*args, **kwargs):
+        model, tok = real_load(*args, **kwargs)
+
+        def count(module, a, k):
+            calls.append(1)
+            if len(calls) == stop_at[0]:
+                raise KeyboardInterrupt
+
+        model.register_forward_pre_hook(count, with_kwargs=True)
+        return model, tok
+
+    monkeypatch.setattr(extraction, "load_text_model", load_counting)
+    out = tmp_path / "acts.cp"
+    code, _, err = _cli(capsys, *argv, "--out", out)
+    assert code == 130 and (out / "progress.json").is_file()
+    calls.clear()
+    stop_at[0] = -1
+    code, stdout, err = _cli(capsys, *argv, "--out", out)
+    assert code == 0, err
+    assert "resuming the interrupted extraction" in err
+    assert len(calls) == 2  # texts 0 and 1 were kept; only 2 and 3 ran again
+    acts = Activations.load(out)
+    assert torch.equal(acts.A, whole.A) and acts.tokens == whole.tokens
+    assert "Saved" in stdout and not (out / "progress.json").exists()
+
+
+def test_l1_without_strict_convex_is_recognised_by_its_warning_class(demo_run, tmp_path, capsys):
+    code, _, err = _cli(
+        capsys,
+        "fit",
+        demo_run / "activations.cp",
+        "--concepts",
+        "3",
+        "--max-iter",
+        "3",
+        "--l1",
+        "0.01",
+        "--out",
+        tmp_path / "fit",
+        "--quiet",
+    )
+    assert code == 0, err
+    assert "note: --l1 without --strict-convex" in err
+    from concept_probe import load_fit
+
+    nmf, Z = load_fit(tmp_path / "fit")
+    assert nmf.l1_penalty == 0.01 and Z.shape[1] == 3

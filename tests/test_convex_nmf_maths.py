@@ -8,7 +8,7 @@ import torch
 from _nmf_reference import nnls_reference, reference_mu_step
 from _nmf_reference import objective as ref_objective
 
-from concept_probe import ConvexNMF, SemiNMF
+from concept_probe import ConvexNMF, SemiNMF, UnscaledL1Warning
 from concept_probe.factorization._init import random_w, random_z
 from concept_probe.factorization._kernels import (
     GramFreeData,
@@ -238,7 +238,7 @@ def test_higher_l1_penalty_gives_sparser_codes():
 
 def test_l1_without_strict_convex_warns_about_the_scale():
     A = random_data(n=100, d=10, seed=3)
-    with pytest.warns(UserWarning, match="strict_convex=True"):
+    with pytest.warns(UnscaledL1Warning, match="strict_convex=True"):
         ConvexNMF(3, solver="pgd", l1_penalty=0.1, seed=0, tol=0).fit(A, max_iter=5)
 
 

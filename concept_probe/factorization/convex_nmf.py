@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import torch
 
 from .._checks import check_bool, check_choice, check_nonnegative
+from ..errors import UnscaledL1Warning
 from ._base import DictionaryEstimator
 from ._init import (
     convex_start_from_codes,
@@ -168,7 +169,7 @@ class ConvexNMF(DictionaryEstimator):
                 f"l1_penalty={self.l1_penalty:g} without strict_convex=True: only Z W is fixed "
                 f"by the data, so the fit can lower sum(Z) by growing W instead of zeroing "
                 f"codes. Pass strict_convex=True (rows of W sum to one) for sparser codes.",
-                UserWarning,
+                UnscaledL1Warning,
                 stacklevel=4,
             )
 
