@@ -180,7 +180,7 @@ def test_unknown_keyword_argument_is_refused():
         ConvexNMF(3, max_iters=2)
     assert str(err.value) == (
         "ConvexNMF() got unexpected keyword argument(s) 'max_iters'. Accepted extra keyword "
-        "arguments: batch_size, dtype, init, max_iter, momentum, seed."
+        "arguments: batch_size, dtype, init, max_iter, momentum, seed, support_size."
     )
     with pytest.raises(TypeError) as err:
         SemiNMF(3, momentum=True)

@@ -66,6 +66,21 @@ def test_inputs_by_w_composition_carry_the_concepts_value_as_often_as_top_rows_b
     assert mean_w >= mean_z and mean_w >= 0.9
 
 
+def test_support_size_gives_archetypes_at_a_small_cost_in_error(acts, fit):
+    # Dense pgd fit (the fixture): each concept's 9 largest weights carry ~17% of its weight.
+    # support_size=9: every concept is an average of at most 9 rows, so they carry 100%.
+    # Measured (seed 1, 300 images, 300 iterations): relative error 0.488 dense, 0.529 with
+    # support_size=9 (+8%); mean purity 0.97 both, all 11 values still tracked.
+    dense, _ = fit
+    nmf = cp.ConvexNMF(16, solver="pgd", strict_convex=True, support_size=9, seed=0, tol=0)
+    Z, _ = nmf.fit(acts.A, max_iter=300)
+    stats = cp.concept_stats(Z, nmf.D, acts, W=nmf.W, k=9)
+    assert min(s.top_rows_share for s in stats) >= 0.5
+    assert nmf.reconstruction_error_ <= 1.10 * dense.reconstruction_error_
+    table = cp.factor_table(Z, acts.factors, acts.factor_values)
+    assert len(table.tracked()) >= 9
+
+
 def test_demo_rejects_bad_arguments():
     with pytest.raises(ValueError, match="n_images must be a positive integer"):
         demo_activations(0)

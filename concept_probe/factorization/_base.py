@@ -561,9 +561,12 @@ class DictionaryEstimator(nn.Module):
         args = {key: config.pop(key) for key in target._CONFIG_KEYS if key in config}
         extras = {key: val for key, val in config.items() if key in target._EXTRAS}
         est = target(device=str(dev), **args, **extras)
-        est.D = tensors["D"].to(dev)
+        # Copies into fresh (allocator-aligned) memory: a tensor read at the file's offset can
+        # take another BLAS path and make encode differ from the saved estimator's in the
+        # last bits.
+        est.D = tensors["D"].to(dev, copy=True)
         if "W" in tensors:
-            est.W = tensors["W"].to(dev)
+            est.W = tensors["W"].to(dev, copy=True)
         fit = header.get("fit", {})
         for name in _FIT_RECORD:
             setattr(est, f"{name}_", fit.get(name))

@@ -32,6 +32,7 @@ __all__ = [
     "objective",
     "pgd_step",
     "project_columns_to_simplex",
+    "project_columns_to_sparse_simplex",
     "sym_top_eigenvalue",
 ]
 
@@ -358,6 +359,22 @@ def project_columns_to_simplex(Wt: torch.Tensor) -> None:
     Wt.sub_(tau).clamp_(min=0)
 
 
+def project_columns_to_sparse_simplex(Wt: torch.Tensor, s: int) -> None:
+    """Project each column of ``Wt`` onto the simplex with at most ``s`` non-zeros, in place.
+
+    The Euclidean projection onto ``{w >= 0, sum(w) = 1, ||w||_0 <= s}`` keeps a column's
+    ``s`` largest entries, projects them onto the simplex and zeroes the rest (Kyrillidis,
+    Becker, Cevher & Koch 2013, "Sparse projections onto the simplex", Theorem 1). The set is
+    not convex, but a projected gradient step from a point in it with step ``1/L`` still
+    never raises the objective (the projection is no farther from the gradient step than
+    the current point is).
+    """
+    s = min(int(s), Wt.shape[0])
+    vals, idx = torch.topk(Wt, s, dim=0)  # (s, k), largest first
+    project_columns_to_simplex(vals)
+    Wt.zero_().scatter_(0, idx, vals)
+
+
 def pgd_step(
     X: GramFreeData,
     Z: torch.Tensor,
@@ -375,6 +392,7 @@ def pgd_step(
     vz: torch.Tensor,
     vw: torch.Tensor,
     margin: float = 1.01,
+    support_size: int | None = None,
 ) -> Moments:
     """One projected (proximal) gradient step on ``Z`` then on ``W``, in place.
 
@@ -402,6 +420,9 @@ def pgd_step(
         Warm-start vectors for the power iterations on ``D D^T`` and ``Z^T Z``.
     margin : float
         Safety factor on the Lipschitz estimates.
+    support_size : int, optional
+        With ``strict_convex``: each row of ``W`` is projected onto the simplex with at most
+        this many non-zeros (:func:`project_columns_to_sparse_simplex`).
 
     Returns
     -------
@@ -457,6 +478,9 @@ def pgd_step(
             Wb.clamp_(min=0)
             Dn.addmm_(Wb.T, Ab)
     if strict_convex:
-        project_columns_to_simplex(Wt)
+        if support_size is not None:
+            project_columns_to_sparse_simplex(Wt, support_size)
+        else:
+            project_columns_to_simplex(Wt)
         Dn, _ = X.wa(Wt, need_abs=False)
     return Moments(ZtA=ZtA, ZtZ=ZtZ, zsum=zsum, D=Dn, Dabs=None)

@@ -115,6 +115,7 @@ def convex_nmf_solve(
     z_steps: int = 1,
     warn: bool = True,
     callback=None,
+    support_size: int | None = None,
 ) -> FitResult:
     """Fit convex NMF ``A ~ Z W A`` from a start ``(Z, W)`` with the chosen solver.
 
@@ -151,6 +152,9 @@ def convex_nmf_solve(
     callback : callable, optional
         ``callback(iteration, Z, Wt, moments)`` after every iteration; returning True stops
         the loop (used by the benchmarks for equal-wall-time comparisons).
+    support_size : int, optional
+        ``pgd`` with ``strict_convex`` only: at most this many non-zeros per row of ``W``
+        (the start must already satisfy it, so that the objective starts feasible).
 
     Returns
     -------
@@ -205,6 +209,7 @@ def convex_nmf_solve(
                     Dprev=Dprev,
                     vz=vz,
                     vw=vw,
+                    support_size=support_size,
                 )
                 loss = objective(X.norm2, m, l1)
                 if momentum:

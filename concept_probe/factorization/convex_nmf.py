@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from .._checks import check_bool, check_choice, check_nonnegative
+from .._checks import check_bool, check_choice, check_nonnegative, check_positive_int
 from ..errors import UnscaledL1Warning
 from ._base import DictionaryEstimator
 from ._init import (
@@ -17,7 +17,7 @@ from ._init import (
     random_z,
     rescale_to_data,
 )
-from ._kernels import GramFreeData
+from ._kernels import GramFreeData, project_columns_to_sparse_simplex
 from ._solvers import FitResult, convex_nmf_solve, semi_nmf
 
 __all__ = ["ConvexNMF"]
@@ -82,6 +82,16 @@ class ConvexNMF(DictionaryEstimator):
         about 16M elements per block on a CPU and 256M on a GPU.
     momentum : bool, default=True
         ``pgd`` only: Nesterov extrapolation, restarted whenever the objective rises.
+    support_size : int or None, default=None
+        Archetypes: each concept is an average of at most this many rows. ``pgd`` with
+        ``strict_convex=True`` only: every W-step projects each row of ``W`` onto the simplex
+        with at most ``support_size`` non-zeros (its largest entries, renormalised by the
+        simplex projection), and the start is projected the same way. Without momentum
+        the objective never increases (a projected gradient step from a feasible point);
+        with momentum an increase restarts the extrapolation, as for the dense fit. Costs a
+        top-k per row of ``W`` per iteration, O(n k). Measured on the demo (16 concepts,
+        4,800 rows): ``support_size=9`` reaches 100% top-9 coverage at a relative error
+        within 10% of the dense strict-convex fit (see the solver guide).
     max_iter : int or None, default=None
         Compatibility extra for code ported from overcomplete, whose constructor takes
         ``max_iter``: it becomes the default of :meth:`fit`'s ``max_iter`` (an explicit
@@ -123,7 +133,11 @@ class ConvexNMF(DictionaryEstimator):
     True
     """
 
-    _EXTRAS: ClassVar[dict[str, Any]] = {**DictionaryEstimator._EXTRAS, "momentum": True}
+    _EXTRAS: ClassVar[dict[str, Any]] = {
+        **DictionaryEstimator._EXTRAS,
+        "momentum": True,
+        "support_size": None,
+    }
     _INITS: ClassVar[tuple[str, ...]] = ("random", "kmeans", "semi_nmf")
     _CONFIG_KEYS: ClassVar[tuple[str, ...]] = (
         "nb_concepts",
@@ -161,6 +175,17 @@ class ConvexNMF(DictionaryEstimator):
         )
         check_nonnegative(self.l1_penalty, "l1_penalty", fix="0 means no sparsity penalty.")
         check_bool(self.strict_convex, "strict_convex")
+        if self.support_size is not None:
+            check_positive_int(
+                self.support_size, "support_size", fix="It is the most rows per concept."
+            )
+            if self.solver != "pgd" or not self.strict_convex:
+                raise ValueError(
+                    f"support_size={self.support_size} needs solver='pgd' and "
+                    f"strict_convex=True (it is a projection onto the sparse simplex in the "
+                    f"pgd W-step); got solver={self.solver!r}, "
+                    f"strict_convex={self.strict_convex!r}."
+                )
         return device, dtype
 
     def _before_solve(self) -> None:
@@ -314,6 +339,13 @@ class ConvexNMF(DictionaryEstimator):
             Z, W = self._init_semi_nmf(X, 100)
         Wt = W.T.contiguous()
         del W
+        if self.support_size is not None:
+            if self.support_size > X.n:
+                raise ValueError(
+                    f"support_size={self.support_size} exceeds the {X.n} rows of A: a concept "
+                    f"cannot use more rows than there are; pass at most {X.n}."
+                )
+            project_columns_to_sparse_simplex(Wt, self.support_size)  # a feasible start
         m = rescale_to_data(X, Z, Wt)
         return convex_nmf_solve(
             X,
@@ -328,4 +360,5 @@ class ConvexNMF(DictionaryEstimator):
             generator=generator,
             verbose=bool(self.verbose),
             momentum=bool(self.momentum),
+            support_size=self.support_size,
         )
