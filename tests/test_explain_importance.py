@@ -69,7 +69,7 @@ def test_sobol_design_and_estimator_are_seeded_and_follow_the_replicated_layout(
     st = jansen_total_indices(f_a, f_c)
     assert st[0].item() == pytest.approx(1.0, abs=0.05) and st[1] == 0 and st[2] == 0
     assert torch.equal(jansen_total_indices(torch.ones(8), torch.ones(3, 8)), torch.zeros(3))
-    with pytest.raises(ValueError, match="nb_design must be a positive int"):
+    with pytest.raises(ValueError, match="nb_design must be a positive integer; got 0"):
         sobol_design(3, 0)
 
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .._checks import check_positive_int
 from .ranking import _as_codes, _check_concept, _check_k
 
 __all__ = [
@@ -313,8 +314,7 @@ def border_share(W, acts, width: int = 1) -> BorderShare:
             f"border_share needs spatial activations (rows on a feature grid); got "
             f"kind={acts.kind!r}."
         )
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise ValueError(f"width must be a positive integer (cells); got {width!r}.")
+    width = check_positive_int(width, "width", fix="It is a number of grid cells.")
     h, w = acts.grid
     if 2 * width >= min(h, w):
         raise ValueError(

@@ -15,15 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .._checks import check_positive_int
 from .ranking import _check_concept, sample_scores
 
 __all__ = ["ActivationSpectrum", "activation_spectrum"]
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
-    return int(value)
 
 
 @dataclass
@@ -117,9 +112,9 @@ def activation_spectrum(
     """
     S = sample_scores(Z, acts, reduce)
     _check_concept(concept, S.shape[1])
-    n_bins = _positive_int(n_bins, "n_bins")
-    per_bin = _positive_int(per_bin, "per_bin")
-    n_hist = _positive_int(n_hist, "n_hist")
+    n_bins = check_positive_int(n_bins, "n_bins")
+    per_bin = check_positive_int(per_bin, "per_bin")
+    n_hist = check_positive_int(n_hist, "n_hist")
     concept = int(concept)
     s = S[:, concept].double().cpu()
     positive = torch.nonzero(s > 0).flatten()

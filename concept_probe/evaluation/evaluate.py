@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .._checks import check_positive_int
 from ..errors import ConvergenceWarning
 from ._methods import METHODS, fit_method
 from .metrics import (
@@ -229,18 +230,12 @@ def _json_safe(obj):
 
 
 # ------------------------------------------------------------------------------ checking
-def _as_int(name: str, v, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}; got {v!r}.")
-    return int(v)
-
-
 def _check_ks(k, n_train: int, n: int, folds: int) -> list[int]:
     ks = [k] if isinstance(k, (int, np.integer)) and not isinstance(k, bool) else list(k)
     if not ks:
         raise ValueError("k is an empty list; give one or more numbers of concepts.")
     for v in ks:
-        _as_int("every k", v, 1)
+        check_positive_int(v, "every k")
     too_big = [v for v in ks if v > n_train]
     if too_big:
         raise ValueError(
@@ -531,7 +526,7 @@ def evaluate(
     """
     A, acts = _rows_of(A)
     n, d = A.shape
-    folds = _as_int("folds", folds, 1)
+    folds = check_positive_int(folds, "folds")
     if folds < 2:
         raise ValueError(
             f"folds={folds}: the held-out error and the fold stability need at least 2 folds "
@@ -542,7 +537,7 @@ def evaluate(
             f"folds={folds} is larger than the number of rows (n={n}): every fold needs at "
             f"least one row. Use folds <= {n}, typically 3 to 5."
         )
-    seeds = _as_int("seeds", seeds, 1)
+    seeds = check_positive_int(seeds, "seeds")
     if seeds < 2:
         raise ValueError(
             f"seeds={seeds}: stability compares dictionaries from independent seeds, and one "
@@ -568,8 +563,8 @@ def evaluate(
         "folds": folds,
         "shared_init": bool(shared_init),
         "threshold": float(threshold),
-        "top_rows": _as_int("top_rows", top_rows, 1),
-        "max_iter": _as_int("max_iter", max_iter, 1),
+        "top_rows": check_positive_int(top_rows, "top_rows"),
+        "max_iter": check_positive_int(max_iter, "max_iter"),
         "seed": int(seed),
         "convex_kwargs": dict(convex_kwargs or {}),
         "warm_start": bool(warm_start),

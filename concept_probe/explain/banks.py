@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._checks import check_positive_int
 from ..extraction.activations import Activations
 
 __all__ = ["BankMatch", "ClassBank", "ConceptBanks", "fit_class_banks", "predict_classes"]
@@ -172,8 +173,7 @@ def fit_class_banks(
     """
     from ..factorization import ConvexNMF
 
-    if isinstance(nb_concepts, bool) or not isinstance(nb_concepts, int) or nb_concepts < 1:
-        raise ValueError(f"nb_concepts must be a positive int; got {nb_concepts!r}.")
+    nb_concepts = check_positive_int(nb_concepts, "nb_concepts")
     groups = _class_samples(acts, classes, class_names)
     need = nb_concepts if min_rows is None else int(min_rows)
     banks: dict[Any, ClassBank] = {}

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._checks import check_positive_int
+
 __all__ = ["DeletionInsertion", "Faithfulness", "deletion_insertion", "faithfulness"]
 
 
@@ -225,8 +227,7 @@ def deletion_insertion(
     -------
     DeletionInsertion
     """
-    if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 1:
-        raise ValueError(f"n_random must be a positive int; got {n_random!r}.")
+    n_random = check_positive_int(n_random, "n_random")
     targets = ex.targets(_target_specs(importance))
     k, n_t = ex.k, len(targets)
     if importance.values.shape[2] != k:

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
+from .._checks import check_int, check_positive_int
 from .targets import Target, evaluate_targets
 
 __all__ = ["METHODS", "ConceptImportance", "jansen_total_indices", "sobol_design"]
@@ -58,11 +58,9 @@ def sobol_design(k: int, nb_design: int, seed: int = 0) -> torch.Tensor:
     >>> bool((C0[:, 0] == B[:, 0]).all() and (C0[:, 1:] == A[:, 1:]).all())
     True
     """
-    for value, name in ((k, "k"), (nb_design, "nb_design")):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive int; got {value!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int; got {seed!r}.")
+    k = check_positive_int(k, "k")
+    nb_design = check_positive_int(nb_design, "nb_design")
+    seed = check_int(seed, "seed", minimum=0)
     engine = torch.quasirandom.SobolEngine(2 * int(k), scramble=True, seed=int(seed))
     ab = engine.draw(int(nb_design), dtype=torch.float64).float()
     A, B = ab[:, :k], ab[:, k:]
@@ -268,8 +266,7 @@ def compute_importance(
     if method == "gradient":
         values, tv, passes = _gradient(ex, targets, samples)
     elif method == "sobol":
-        if isinstance(nb_design, bool) or not isinstance(nb_design, int) or nb_design < 2:
-            raise ValueError(f"nb_design must be an int >= 2; got {nb_design!r}.")
+        nb_design = check_int(nb_design, "nb_design", minimum=2)
         values, tv, passes = _sobol(ex, targets, samples, nb_design, seed)
     else:
         values, tv, passes = _occlusion(ex, targets, samples)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._checks import check_positive_int
 from .._torch_utils import resolve_device
 from ..extraction.activations import Activations
 from ..extraction.hooks import _first_tensor, resolve_layers
@@ -382,8 +383,7 @@ class ConceptExplainer:
             )
         if not isinstance(acts, Activations):
             raise TypeError(f"acts must be an Activations; got {type(acts).__name__}.")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+        batch_size = check_positive_int(batch_size, "batch_size")
         meta = acts.meta or {}
         layer = meta.get("layer")
         if not layer:

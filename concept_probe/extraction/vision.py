@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._checks import check_choice, check_int, check_positive_int
 from . import _engine
 from ._rows import Quota, VisionRows
 from ._vision_inputs import (
@@ -31,14 +32,6 @@ __all__ = ["IMAGE_EXTENSIONS", "extract_image_activations"]
 _MODES = ("spatial", "pooled")
 _INCLUDE = ("patch", "prefix", "all")
 _LAYOUTS = (None, "nchw", "nhwc", "tokens")
-
-
-def _check_positive_int(value, name: str, allow_zero: bool = False) -> None:
-    if value is None:
-        return
-    lo = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise ValueError(f"{name} must be an integer >= {lo} or None; got {value!r}.")
 
 
 def extract_image_activations(
@@ -147,21 +140,17 @@ def extract_image_activations(
     >>> torch.equal(acts.A[acts.rows_of(1)][17], torch.relu(net[0](x))[1, :, 1, 1])
     True
     """
-    if mode not in _MODES:
-        raise ValueError(f"mode must be 'spatial' or 'pooled'; got {mode!r}.")
-    if include_tokens not in _INCLUDE:
-        raise ValueError(
-            f"include_tokens must be one of {', '.join(map(repr, _INCLUDE))}; got "
-            f"{include_tokens!r}."
-        )
-    if layout not in _LAYOUTS:
-        raise ValueError(f"layout must be None, 'nchw', 'nhwc' or 'tokens'; got {layout!r}.")
-    _check_positive_int(batch_size, "batch_size")
-    _check_positive_int(max_rows, "max_rows")
-    _check_positive_int(rows_per_image, "rows_per_image")
-    _check_positive_int(max_image_size, "max_image_size")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int; got {seed!r}.")
+    check_choice(mode, "mode", _MODES)
+    check_choice(include_tokens, "include_tokens", _INCLUDE)
+    check_choice(layout, "layout", _LAYOUTS)
+    for value, name in (
+        (batch_size, "batch_size"),
+        (max_rows, "max_rows"),
+        (rows_per_image, "rows_per_image"),
+        (max_image_size, "max_image_size"),
+    ):
+        check_positive_int(value, name, none_ok=True)
+    check_int(seed, "seed", minimum=0)
     if mode == "pooled" and (max_rows is not None or rows_per_image is not None):
         raise ValueError(
             "max_rows / rows_per_image subsample positions within images; mode='pooled' has one "
