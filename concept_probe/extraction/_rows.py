@@ -64,9 +64,10 @@ class VisionRows:
         layout: str | None,
         seed: int,
         quota: Quota,
+        border: int = 0,
     ):
         self.model, self.mode, self.include, self.layout = model, mode, include_tokens, layout
-        self.seed, self.quota = seed, quota
+        self.seed, self.quota, self.border = seed, quota, border
         self.info: dict[str, dict] = {}
 
     # -- per-layer layout, fixed by the first batch
@@ -106,6 +107,18 @@ class VisionRows:
                     f"map (see list_layers(model, sample_input))."
                 )
             info["n_features"] = shape[1]
+        info["inner"] = None  # raster indices of the positions kept (None = all)
+        if self.border and info["grid"] is not None:
+            h, w, b = *info["grid"], self.border
+            if 2 * b >= min(h, w):
+                raise ValueError(
+                    f"border={b} would leave out every cell of layer {name!r}'s {h} x {w} "
+                    f"feature map (it keeps {b} <= y < {h - b} and {b} <= x < {w - b}); use "
+                    f"border <= {max((min(h, w) - 1) // 2, 0)}, or a layer with a larger map."
+                )
+            yy, xx = np.divmod(np.arange(h * w, dtype=np.int64), w)
+            keep = (yy >= b) & (yy < h - b) & (xx >= b) & (xx < w - b)
+            info["inner"] = np.nonzero(keep)[0]
         info["meta"] = {
             "output_shape": [None, *shape[1:]],
             "layout": layout,
@@ -124,6 +137,8 @@ class VisionRows:
         if self.mode == "pooled":
             return n_total
         P = info["grid"][0] * info["grid"][1]
+        if info.get("inner") is not None:
+            P = len(info["inner"])
         n_prefix = info["n_prefix"] if self.include in ("prefix", "all") else 0
         n_patch = 0 if self.include == "prefix" else P
         per = np.minimum(self.quota.array(n_total), n_patch)
@@ -182,7 +197,8 @@ class VisionRows:
         n_prefix = info["n_prefix"] if self.include in ("prefix", "all") else 0
         take_patch = self.include != "prefix"
         quotas = self.quota.array_range(sample0, sample0 + b) if take_patch else np.zeros(b)
-        if take_patch and n_prefix == 0 and (quotas >= P).all():
+        inner = info.get("inner")
+        if take_patch and n_prefix == 0 and inner is None and (quotas >= P).all():
             A = feats.reshape(b * P, C).to("cpu", torch.float32).numpy()
             sample = np.repeat(np.arange(sample0, sample0 + b, dtype=np.int64), P)
             yx = np.stack(np.divmod(np.arange(P, dtype=np.int64), w), axis=1)
@@ -204,12 +220,13 @@ class VisionRows:
                 positions.append(np.stack([np.full(n_prefix, -1), np.arange(n_prefix)], axis=1))
                 samples.append(np.full(n_prefix, g))
             if take_patch:
-                q = int(min(quotas[j], P))
-                if q < P:
+                cells = np.arange(P) if inner is None else inner
+                q = int(min(quotas[j], len(cells)))
+                if q < len(cells):
                     rng = np.random.default_rng([self.seed, g, key])
-                    idx = np.sort(rng.choice(P, q, replace=False))
+                    idx = cells[np.sort(rng.choice(len(cells), q, replace=False))]
                 else:
-                    idx = np.arange(P)
+                    idx = cells
                 flat.append(j * L + patch_off + idx)
                 positions.append(np.stack(np.divmod(idx, w), axis=1))
                 samples.append(np.full(len(idx), g))

@@ -45,6 +45,7 @@ def extract_image_activations(
     device: str | torch.device = "cpu",
     max_rows: int | None = None,
     rows_per_image: int | None = None,
+    border: int = 0,
     include_tokens: str = "patch",
     seed: int = 0,
     keep_images: bool = True,
@@ -88,6 +89,13 @@ def extract_image_activations(
         drawn without replacement (seeded per image, kept in raster order).
     rows_per_image : int, optional
         Cap on the positions kept per image (same seeded draw).
+    border : int, default=0
+        ``mode='spatial'`` only: leave out the outer ``border`` rings of every feature map
+        (rows, and the positions ``max_rows`` / ``rows_per_image`` draw from, lie at
+        ``border <= y < h - border`` and ``border <= x < w - border``; ``acts.grid`` stays the
+        full map, so heatmaps show the ring as 0). At a zero-padded convolutional layer the
+        border cells are often the extreme points a convex fit picks, which makes concepts out
+        of padding; the report warns when a concept's weight sits mostly on the ring.
     include_tokens : {'patch', 'prefix', 'all'}, default='patch'
         For token outputs: patch tokens only, class/register ("prefix") tokens only, or both.
         Prefix-token rows get position (-1, t) and never enter heatmaps.
@@ -151,6 +159,12 @@ def extract_image_activations(
     ):
         check_positive_int(value, name, none_ok=True)
     check_int(seed, "seed", minimum=0)
+    border = check_int(border, "border", minimum=0)
+    if border and mode != "spatial":
+        raise ValueError(
+            f"border={border} leaves out feature-map cells, so it needs mode='spatial'; "
+            f"mode={mode!r} has one row per image."
+        )
     if mode == "pooled" and (max_rows is not None or rows_per_image is not None):
         raise ValueError(
             "max_rows / rows_per_image subsample positions within images; mode='pooled' has one "
@@ -168,7 +182,7 @@ def extract_image_activations(
             "rows_per_image instead."
         )
     quota = Quota(max_rows, rows_per_image, source.n, int(seed))
-    rows = VisionRows(model, mode, include_tokens, layout, int(seed), quota)
+    rows = VisionRows(model, mode, include_tokens, layout, int(seed), quota, int(border))
     input_hw: list[tuple[int, int]] = []  # the (H, W) the model saw, from the first batch
 
     def batches(start: int) -> Iterator[_engine.Batch]:
@@ -196,6 +210,7 @@ def extract_image_activations(
         "preprocessing": pre.to_meta(),
         "max_rows": max_rows,
         "rows_per_image": rows_per_image,
+        "border": int(border),
         "seed": int(seed),
         "dtype": "float32",
         **extra_meta,
@@ -218,6 +233,7 @@ def extract_image_activations(
                 "layout": layout,
                 "max_rows": max_rows,
                 "rows_per_image": rows_per_image,
+                "border": int(border),
                 "seed": int(seed),
                 "keep_images": bool(keep_images),
                 "max_image_size": max_image_size,
