@@ -145,3 +145,49 @@ def test_the_cut_model_with_small_batches_over_many_inputs_matches_the_full_forw
     da = cut.deletion_insertion(a, n_random=1)
     db = full.deletion_insertion(b, n_random=1)
     torch.testing.assert_close(da.deletion, db.deletion, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_importance_is_the_same_under_no_grad_and_inference_mode():
+    # callers often wrap evaluation in no_grad: the codes must still enter the graph (before,
+    # every gradient came back None and the importances were silently all zero)
+    ex, a = linear_case()
+    with torch.no_grad():
+        quiet = ex.importance(0, method="gradient")
+    with torch.inference_mode():
+        inference = ex.importance(0, method="gradient")
+    torch.testing.assert_close(quiet.values[:, 0], a.double(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(inference.values, quiet.values)
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+
+
+def test_a_model_put_back_in_training_mode_is_refused_at_every_pass():
+    ex, _ = linear_case()
+    ex.model.train()
+    try:
+        for run in (
+            lambda: ex.outputs(),
+            lambda: ex.importance(0, method="occlusion"),
+            lambda: ex.importance(0, method="gradient"),
+        ):
+            with pytest.raises(ValueError, match=r"Sequential is in training mode .* model\.eval"):
+                run()
+    finally:
+        ex.model.eval()
+    assert ex.importance(0, method="occlusion").values.shape == (5, 1, 4)
+
+
+def test_faithfulness_accuracy_reads_the_activation_labels_of_the_samples_asked_for():
+    ex, _ = linear_case(n=6)
+    x = ex._inputs.x
+    pred = ex.model(x).argmax(1)
+    labels = pred.clone()
+    labels[:3] = (pred[:3] + 1) % 3  # the first three inputs are labelled wrongly
+    acts = ex.acts.replace(labels=labels)
+    ex = ConceptExplainer(ex.model, ex.D, acts, ex.Z, inputs=x, progress=False)
+    assert ex.faithfulness().accuracy_model == pytest.approx(0.5)
+    # every sample, in another order (and with repeats): labels follow their samples
+    assert ex.faithfulness(samples=[5, 4, 3, 2, 1, 0]).accuracy_model == pytest.approx(0.5)
+    assert ex.faithfulness(samples=[3, 4, 5, 3, 4, 0]).accuracy_model == pytest.approx(5 / 6)
+    # labels given per input asked for are used as given
+    f = ex.faithfulness(samples=[5, 4], labels=pred[[5, 4]])
+    assert f.accuracy_model == 1.0

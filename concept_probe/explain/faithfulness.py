@@ -82,7 +82,9 @@ def faithfulness(ex, samples: list[int], labels: Any = None) -> Faithfulness:
     ex : ConceptExplainer
     samples : list of int
     labels : array of shape (n_samples,) or (len(samples),), optional
-        Class labels (``-1`` = none); default ``acts.labels`` where they exist.
+        Class labels (``-1`` = none); default ``acts.labels`` where they exist (one per
+        sample of the activations, picked by ``samples``). Given labels of length
+        ``len(samples)`` are read in the order of ``samples``.
 
     Returns
     -------
@@ -103,12 +105,15 @@ def faithfulness(ex, samples: list[int], labels: Any = None) -> Faithfulness:
         top1_residual=float((plain.argmax(1) == with_res.argmax(1)).double().mean()),
         top1_concepts_only=float((plain.argmax(1) == only.argmax(1)).double().mean()),
     )
+    per_sample = labels is None  # acts.labels: one per sample of the activations
     if labels is None and ex.acts.labels is not None:
         labels = ex.acts.labels
     if labels is not None:
         lab = torch.as_tensor(np.asarray(labels)).long().reshape(-1)
-        if lab.shape[0] == ex.n_samples and len(samples) != ex.n_samples:
-            lab = lab[torch.as_tensor(samples)]
+        # labels of every sample are picked by the samples asked for, also when as many
+        # samples are asked for in another order (or with repeats)
+        if lab.shape[0] == ex.n_samples and (per_sample or len(samples) != ex.n_samples):
+            lab = lab[torch.as_tensor(samples, dtype=torch.long)]
         if lab.shape[0] != len(samples):
             raise ValueError(
                 f"labels has {lab.shape[0]} entries for {len(samples)} inputs; give one label "

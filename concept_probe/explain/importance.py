@@ -198,32 +198,35 @@ class ConceptImportance:
 
 def _gradient(ex, targets: list[Target], samples: list[int]):
     n_t = len(targets)
-    values = torch.zeros(len(samples), n_t, ex.k, dtype=torch.float64)
-    tv = torch.zeros(len(samples), n_t, dtype=torch.float64)
     bar = ex._bar(len(samples), "gradient")
+    # Under a caller's no_grad / inference_mode the codes would enter no graph and every
+    # gradient would come back None (importance silently 0): gradients are what is asked.
     try:
-        for s in range(0, len(samples), ex.batch_size):
-            chunk = samples[s : s + ex.batch_size]
-            codes = [ex.Z[ex.rows_of(i)].to(ex.device).requires_grad_(True) for i in chunk]
+        with torch.inference_mode(False), torch.enable_grad():
+            values = torch.zeros(len(samples), n_t, ex.k, dtype=torch.float64)
+            tv = torch.zeros(len(samples), n_t, dtype=torch.float64)
+            for s in range(0, len(samples), ex.batch_size):
+                chunk = samples[s : s + ex.batch_size]
+                codes = [ex.Z[ex.rows_of(i)].to(ex.device).requires_grad_(True) for i in chunk]
 
-            def reduce(out, codes=codes):
-                t = evaluate_targets(targets, out, len(codes))  # (b, n_t)
-                grads = []
-                for q in range(n_t):
-                    g = torch.autograd.grad(
-                        t[:, q].sum(), codes, retain_graph=q < n_t - 1, allow_unused=True
-                    )
-                    grads.append(g)
-                return t.detach(), grads
+                def reduce(out, codes=codes):
+                    t = evaluate_targets(targets, out, len(codes))  # (b, n_t)
+                    grads = []
+                    for q in range(n_t):
+                        g = torch.autograd.grad(
+                            t[:, q].sum(), codes, retain_graph=q < n_t - 1, allow_unused=True
+                        )
+                        grads.append(g)
+                    return t.detach(), grads
 
-            t, grads = ex._forward(chunk, codes, residual=ex.residual, grad=True, reduce=reduce)
-            tv[s : s + len(chunk)] = t.double().cpu()
-            for q, g in enumerate(grads):
-                for j, (gj, zj) in enumerate(zip(g, codes, strict=True)):
-                    if gj is None:
-                        continue
-                    values[s + j, q] = (gj * zj.detach()).sum(dim=0).double().cpu()
-            bar.update(len(chunk))
+                t, grads = ex._forward(chunk, codes, residual=ex.residual, grad=True, reduce=reduce)
+                tv[s : s + len(chunk)] = t.double().cpu()
+                for q, g in enumerate(grads):
+                    for j, (gj, zj) in enumerate(zip(g, codes, strict=True)):
+                        if gj is None:
+                            continue
+                        values[s + j, q] = (gj * zj.detach()).sum(dim=0).double().cpu()
+                bar.update(len(chunk))
     finally:
         bar.close()
     return values, tv, 3 * len(samples)

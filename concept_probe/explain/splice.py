@@ -375,12 +375,7 @@ class ConceptExplainer:
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
-        if model.training:
-            raise ValueError(
-                f"{type(model).__name__} is in training mode (dropout on, batch-norm statistics "
-                f"updating), so its outputs are not the ones to explain; call model.eval() "
-                f"first."
-            )
+        _refuse_training(model)
         if not isinstance(acts, Activations):
             raise TypeError(f"acts must be an Activations; got {type(acts).__name__}.")
         batch_size = check_positive_int(batch_size, "batch_size")
@@ -496,6 +491,7 @@ class ConceptExplainer:
         allows running only the part of the model after the layer (see ``tail``): equal to
         the full pass to float tolerance, not bitwise, so :meth:`outputs` never cuts.
         """
+        _refuse_training(self.model)  # also when put back in training mode after __init__
         layout, D = self.layout, self.D
         b = len(samples)
         if codes is not None:
@@ -848,6 +844,15 @@ def _sequential_tail(model: nn.Module, layer: str) -> list[tuple[str, nn.Module]
 
 def _targets_of(targets: Sequence[Target], n: int, output: Any) -> torch.Tensor:
     return evaluate_targets(targets, output, n)
+
+
+def _refuse_training(model: nn.Module) -> None:
+    if model.training:
+        raise ValueError(
+            f"{type(model).__name__} is in training mode (dropout on, batch-norm statistics "
+            f"updating), so its outputs are not the ones to explain; call model.eval() "
+            f"first."
+        )
 
 
 @contextmanager
