@@ -83,6 +83,14 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
         help="cap on rows (positions are subsampled per image, seeded)",
     )
     g.add_argument(
+        "--border",
+        type=int,
+        default=0,
+        metavar="N",
+        help="images, spatial mode: leave out the feature map's outer N rings of cells "
+        "(padding artefacts at zero-padded layers; default: %(default)s)",
+    )
+    g.add_argument(
         "--batch-size",
         type=int,
         default=32,
@@ -300,6 +308,7 @@ def _extract(args, out: Path | None = None):
             ("--pretrained", args.pretrained),
             ("--max-rows", args.max_rows is not None),
             ("--mode pooled", args.mode != "spatial"),
+            ("--border", args.border != 0),
         ):
             if used:
                 raise UsageError(
@@ -346,6 +355,7 @@ def _extract(args, out: Path | None = None):
             batch_size=args.batch_size,
             device=args.device,
             max_rows=args.max_rows,
+            border=args.border,
             seed=args.seed,
             out=out,
             progress=progress,
@@ -358,6 +368,11 @@ def _extract(args, out: Path | None = None):
     _positive("--n-images", args.n_images)
     if args.max_rows is not None:
         raise UsageError("--max-rows is not used by the demo; lower --n-images instead.")
+    if args.border:
+        raise UsageError(
+            "--border applies to --images; the demo's 4 x 4 map is kept whole (its report "
+            "warns about concepts that sit on the border)."
+        )
     if args.mode != "spatial":
         raise UsageError(
             "the demo extracts spatial rows (its report needs them); --mode pooled applies "

@@ -38,7 +38,8 @@ def test_border_keeps_exactly_the_inner_cells(net_and_x):
 
 def test_border_larger_than_the_map_and_pooled_are_refused(net_and_x):
     net, x = net_and_x
-    with pytest.raises(ValueError, match=r"border=3 would leave out every cell .* 6 x 5"):
+    too_large = r"border=3 would leave out every cell of the 6 x 5 feature map of layer '1'; "
+    with pytest.raises(ValueError, match=too_large + "use border <= 2"):
         extract_image_activations(net, "1", x, border=3, progress=False)
     with pytest.raises(ValueError, match="needs mode='spatial'"):
         extract_image_activations(net, "1", x, border=1, mode="pooled", progress=False)

@@ -314,6 +314,26 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, photo_folder, resn
             "--max-rows applies to images only",
         ),
         (["layers", "--size", "-3"], "--size"),
+        (["run", "--border", "1"], "--border applies to --images"),
+        (
+            ["run", "--texts", tmp_path / "t.txt", "--model", "x", "--border", "1"],
+            "--border applies to images only",
+        ),
+        (
+            [
+                "run",
+                "--images",
+                photo_folder,
+                "--model",
+                "resnet18",
+                "--checkpoint",
+                resnet_checkpoint,
+                "--border",
+                "9",
+                "--quiet",
+            ],
+            "border=9 would leave out every cell",
+        ),
     ]
     for argv, needle in cases:
         code, _, err = _cli(capsys, *argv)

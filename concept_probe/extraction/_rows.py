@@ -112,9 +112,9 @@ class VisionRows:
             h, w, b = *info["grid"], self.border
             if 2 * b >= min(h, w):
                 raise ValueError(
-                    f"border={b} would leave out every cell of layer {name!r}'s {h} x {w} "
-                    f"feature map (it keeps {b} <= y < {h - b} and {b} <= x < {w - b}); use "
-                    f"border <= {max((min(h, w) - 1) // 2, 0)}, or a layer with a larger map."
+                    f"border={b} would leave out every cell of the {h} x {w} feature map of "
+                    f"layer {name!r}; use border <= {max((min(h, w) - 1) // 2, 0)}, or a layer "
+                    f"with a larger map."
                 )
             yy, xx = np.divmod(np.arange(h * w, dtype=np.int64), w)
             keep = (yy >= b) & (yy < h - b) & (xx >= b) & (xx < w - b)
