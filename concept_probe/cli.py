@@ -26,6 +26,7 @@ _EPILOG = """examples:
       --out acts.cp
   concept-probe fit acts.cp --concepts 10 --out fit/
   concept-probe report acts.cp fit/ --out report/
+  concept-probe evaluate acts.cp --k 4 8 16 --seeds 3 --folds 3 --baselines pca kmeans --out eval/
   concept-probe explain acts.cp fit/ --explain predicted --out report/   # demo activations
   concept-probe run --model resnet18 --checkpoint w.pth --images photos/ --explain tabby
 """
@@ -217,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(rep, out_help="report folder (default: %(default)s)", out_default="report")
 
     _add_explain_stage(sub)
+    _add_evaluate_stage(sub)
 
     lay = sub.add_parser("layers", help="list a model's layers and their output shapes")
     lay.add_argument("--model", help="timm model name (default: the demo model)")
@@ -716,8 +718,136 @@ def _cmd_explain(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------- evaluate
+def _add_evaluate_stage(sub) -> None:
+    ev = sub.add_parser(
+        "evaluate",
+        help="can I trust these concepts? stability over seeds and folds, a k sweep, baselines",
+        description="Fit saved activations with several seeds and folds (fold 0 held out) and "
+        "write summary.json with reconstruction, held-out error, sparsity and Hungarian-matched "
+        "stability beside a shared-init control and chance, for ConvexNMF and the baselines; "
+        "with several --k, a k sweep figure and a suggested k.",
+    )
+    ev.add_argument("activations", type=Path, help="file written by 'concept-probe extract'")
+    ev.add_argument(
+        "--k",
+        type=int,
+        nargs="+",
+        default=[8],
+        metavar="K",
+        help="number(s) of concepts; several make a k sweep (default: %(default)s)",
+    )
+    ev.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        metavar="N",
+        help="independent seeds, >= 2 (default: %(default)s)",
+    )
+    ev.add_argument(
+        "--folds",
+        type=int,
+        default=3,
+        metavar="F",
+        help="folds, >= 2; fold 0 is held out (default: %(default)s)",
+    )
+    ev.add_argument(
+        "--baselines",
+        nargs="*",
+        default=[],
+        metavar="METHOD",
+        choices=["semi_nmf", "pca", "kmeans", "nmf"],
+        help="also evaluate: semi_nmf pca kmeans nmf (PCA, k-means and NMF need the eval "
+        "extra: pip install 'concept-probe[eval]')",
+    )
+    ev.add_argument(
+        "--solver",
+        choices=["pgd", "mu"],
+        default="pgd",
+        help="ConvexNMF solver (default: %(default)s)",
+    )
+    ev.add_argument(
+        "--max-iter",
+        type=int,
+        default=200,
+        metavar="N",
+        help="iterations per fit (default: %(default)s)",
+    )
+    ev.add_argument(
+        "--no-shared-init",
+        action="store_true",
+        help="skip the shared-initialisation control (fewer fits)",
+    )
+    ev.add_argument(
+        "--warm-start",
+        action="store_true",
+        help="k sweep: start each ConvexNMF fit from the previous k's",
+    )
+    ev.add_argument(
+        "--truth",
+        action="store_true",
+        help="score against the activations' known factors (the demo's)",
+    )
+    ev.add_argument("--seed", type=int, default=0, help="seed of everything (default: 0)")
+    ev.add_argument(
+        "--out", type=Path, default=Path("eval"), help="output folder (default: %(default)s)"
+    )
+
+
+def _write_evaluation(evaluation, out: Path) -> None:
+    """summary.json and the figures, into a folder written atomically."""
+    from ._io import atomic_directory
+    from .visualization import plot_concept_stability, plot_k_sweep
+
+    if out.exists() and any(out.iterdir()) and not (out / "summary.json").is_file():
+        raise UsageError(
+            f"{out} exists, is not empty and holds no evaluation; choose a new folder with --out."
+        )
+    method = evaluation.rows[0]["method"]
+    with atomic_directory(out) as tmp:
+        (tmp / "summary.json").write_text(evaluation.to_json(), encoding="utf-8")
+        if evaluation.k_rule is not None:
+            fig = plot_k_sweep(evaluation, method=method)
+            fig.savefig(tmp / "k_sweep.png", dpi=100)
+        k = evaluation.suggested_k or evaluation.rows[0]["k"]
+        fig = plot_concept_stability(evaluation, k, method=method)
+        fig.savefig(tmp / "stability.png", dpi=100)
+
+
+def _cmd_evaluate(args) -> int:
+    from .evaluation import evaluate
+
+    for flag, value in (
+        ("--seeds", args.seeds),
+        ("--folds", args.folds),
+        ("--max-iter", args.max_iter),
+    ):
+        _positive(flag, value)
+    acts = _load_acts(args.activations)
+    methods = ["convex_nmf", *dict.fromkeys(args.baselines)]
+    t0 = time.perf_counter()
+    ev = evaluate(
+        acts,
+        args.k if len(args.k) > 1 else args.k[0],
+        methods=methods,
+        seeds=args.seeds,
+        folds=args.folds,
+        shared_init=not args.no_shared_init,
+        max_iter=args.max_iter,
+        seed=args.seed,
+        truth="factors" if args.truth else None,
+        warm_start=args.warm_start,
+        convex_kwargs={"solver": args.solver},
+    )
+    _write_evaluation(ev, args.out)
+    print(ev)
+    print(f"Evaluated in {time.perf_counter() - t0:.1f} s; wrote {args.out / 'summary.json'}")
+    return 0
+
+
 _COMMANDS = {
     "run": _cmd_run,
+    "evaluate": _cmd_evaluate,
     "explain": _cmd_explain,
     "extract": _cmd_extract,
     "fit": _cmd_fit,

@@ -405,3 +405,87 @@ def test_bad_input_messages(planted):
         cp.evaluate(torch.full((10, 3), float("nan")), 2)
     with pytest.raises(ValueError, match="truth='factors' needs Activations"):
         cp.evaluate(small, 2, truth="factors")
+
+
+# ------------------------------------------------------------------ figure, report, CLI
+
+
+@pytest.fixture(scope="module")
+def small_sweep():
+    A, _, _ = planted_concepts(150, 12, 3, seed=4)
+    acts = cp.Activations(A, sample=torch.arange(150), position=None, kind="pooled")
+    ev = cp.sweep_k(acts, [2, 3, 4], seeds=2, folds=3, max_iter=100, convex_kwargs={"solver": "mu"})
+    return acts, ev
+
+
+def test_k_sweep_figure_and_stability_figure(small_sweep):
+    from matplotlib.figure import Figure
+
+    _, ev = small_sweep
+    fig = cp.plot_k_sweep(ev)
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "k (concepts)"
+    assert [t for t in ax.get_xticks()] == [2, 3, 4]
+    labels = fig.axes[1].get_legend().get_texts()
+    assert any("shared init" in t.get_text() for t in labels)
+    fig2 = cp.plot_concept_stability(ev, 3)
+    assert len(fig2.axes[0].patches) == 6  # 3 concepts x (seeds, folds)
+    with pytest.raises(ValueError, match="no rows for method 'pca'"):
+        cp.plot_k_sweep(ev, method="pca")
+
+
+def test_report_gains_a_stability_section(small_sweep, tmp_path):
+    acts, ev = small_sweep
+    nmf = cp.ConvexNMF(3, seed=0)
+    Z, _ = nmf.fit(acts.A, max_iter=300)
+    out = cp.write_report(nmf, acts, Z, tmp_path / "rep", k=3, evaluation=ev)
+    page = (out / "index.html").read_text()
+    assert "How stable are these concepts?" in page and "shared-init control" in page
+    assert (out / "k_sweep.png").is_file() and (out / "stability.png").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    per = summary["evaluation"]["per_concept"]
+    assert sorted(p["concept"] for p in per) == [0, 1, 2]
+    assert all(p["match_cosine"] > 0.9 for p in per)  # the same concepts as the evaluation's
+    plain = cp.write_report(nmf, acts, Z, tmp_path / "plain", k=3)
+    assert "How stable" not in (plain / "index.html").read_text()
+
+
+def test_cli_evaluate_writes_summary_and_figures(small_sweep, tmp_path, capsys):
+    from concept_probe.cli import main
+
+    acts, _ = small_sweep
+    path = acts.save(tmp_path / "acts.cp")
+    out = tmp_path / "eval"
+    code = main(
+        [
+            "evaluate",
+            str(path),
+            "--k",
+            "2",
+            "3",
+            "--seeds",
+            "2",
+            "--folds",
+            "2",
+            "--baselines",
+            "pca",
+            "--solver",
+            "mu",
+            "--max-iter",
+            "50",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert {r["method"] for r in summary["rows"]} == {"convex_nmf", "pca"}
+    assert summary["k_rule"]["rule"].startswith("largest k")
+    assert (out / "k_sweep.png").is_file() and (out / "stability.png").is_file()
+    assert "suggested k" in capsys.readouterr().out
+    # bad input: one line, exit code 2
+    assert main(["evaluate", str(path), "--k", "3", "--seeds", "1", "--out", str(out)]) == 2
+    assert "one seed gives one dictionary" in capsys.readouterr().err
+    assert main(["evaluate", str(path), "--k", "500", "--out", str(out)]) == 2
+    assert "larger than the" in capsys.readouterr().err

@@ -139,6 +139,8 @@ class Evaluation:
     details: list[dict]
     config: dict
     k_rule: KRule | None = None
+    #: dictionary of the reported fit (run 0) per (method, k); not part of ``to_dict``
+    dictionaries: dict = field(default_factory=dict, repr=False)
 
     @property
     def suggested_k(self) -> int | None:
@@ -577,7 +579,7 @@ def evaluate(
         "ks": ks,
         "baseline_draws": baseline_draws,
     }
-    rows, details = [], []
+    rows, details, dicts = [], [], {}
     prev: dict[str, dict] = {m: {} for m in methods}
     for kk in ks:
         chance = random_dictionary_baseline(
@@ -597,12 +599,13 @@ def evaluate(
             prev[mth] = chains
             rows.append(row)
             details.append(detail)
+            dicts[(mth, kk)] = chains[("seed", 0)].D.detach().cpu()
     rule = None
     if len(ks) > 1:
         rule = _k_rule(rows, details, methods, stability_threshold, min_excess)
     cfg["stability_threshold"] = stability_threshold
     cfg["min_excess"] = min_excess
-    return Evaluation(rows=rows, details=details, config=cfg, k_rule=rule)
+    return Evaluation(rows=rows, details=details, config=cfg, k_rule=rule, dictionaries=dicts)
 
 
 def _k_rule(rows, details, methods, threshold, min_excess) -> KRule:

@@ -4,6 +4,7 @@ Nothing here recomputes maths: the numbers come from :mod:`concept_probe.concept
 matplotlib is imported only when a figure is drawn.
 """
 
+from ._evaluation_figures import plot_concept_stability, plot_k_sweep
 from ._explain_section import (
     plot_attribution_map,
     plot_class_explanation,
@@ -31,8 +32,10 @@ __all__ = [
     "plot_class_explanation",
     "plot_composition",
     "plot_concept_overview",
+    "plot_concept_stability",
     "plot_deletion_insertion",
     "plot_factor_purity",
+    "plot_k_sweep",
     "plot_loss_history",
     "plot_prototypes",
     "plot_token_highlights",

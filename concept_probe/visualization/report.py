@@ -224,6 +224,7 @@ def write_report(
     labels=None,
     label_names: Sequence[str] | None = None,
     sections: Sequence[Callable[[ReportContext], ReportSection | None]] = (),
+    evaluation=None,
 ) -> Path:
     """Write a browsable report of a fit: ``index.html``, the PNGs it shows, ``summary.json``.
 
@@ -273,6 +274,11 @@ def write_report(
     sections : sequence of callables, optional
         Extra sections: each is called with a :class:`ReportContext` and returns a
         :class:`ReportSection` (or ``None`` to add nothing).
+    evaluation : Evaluation, optional
+        What :func:`concept_probe.evaluate` / :func:`concept_probe.sweep_k` measured on the
+        same activations: adds the section "How stable are these concepts?" (its own module,
+        ``_stability_section``), a stability column in the concept index and
+        ``summary.json``'s ``evaluation`` entry.
 
     Returns
     -------
@@ -301,6 +307,10 @@ def write_report(
     tables = _tables(Z, acts, labels, label_names)  # validates labels before writing anything
     out = Path(out)
     _check_out(out, overwrite)
+    if evaluation is not None:
+        from ._stability_section import stability_section
+
+        sections = [*sections, stability_section(evaluation)]
     with atomic_directory(out) as tmp:
         _build(tmp, nmf, acts, Z, W, D, k, reduce, title, explanation, tables, sections)
     return out
