@@ -348,6 +348,14 @@ def test_warm_start_sweep(planted):
     cold = cp.sweep_k(A, [3, 4, 5], **kw)
     warm = cp.sweep_k(A, [3, 4, 5], warm_start=True, **kw)
     assert warm.config["warm_start"] is True
+    # the first k has nothing to start from; later k start the reported fit from the last
+    assert not torch.equal(
+        warm.dictionaries[("convex_nmf", 4)], cold.dictionaries[("convex_nmf", 4)]
+    )
+    assert warm.row("convex_nmf", 3) == cold.row("convex_nmf", 3) | {
+        "seconds": warm.row("convex_nmf", 3)["seconds"],
+        "peak_mb": warm.row("convex_nmf", 3)["peak_mb"],
+    }
     for kk in (4, 5):
         assert (
             warm.row("convex_nmf", kk)["rel_error"] < cold.row("convex_nmf", kk)["rel_error"] + 0.02
