@@ -216,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="samples and prototypes per concept (default: %(default)s)",
     )
     _add_common(rep, out_help="report folder (default: %(default)s)", out_default="report")
+    _add_report_evaluation_arg(rep)
 
     _add_explain_stage(sub)
     _add_evaluate_stage(sub)
@@ -522,7 +523,8 @@ def _cmd_report(args) -> int:
     _positive("--top", args.top)
     acts = _load_acts(args.activations)
     nmf, Z = _load_fit(args.fit, acts)
-    report = write_report(nmf, acts, Z, args.out, k=args.top)
+    evaluation = _load_evaluation(args.evaluation)
+    report = write_report(nmf, acts, Z, args.out, k=args.top, evaluation=evaluation)
     print(f"Report: {(report / 'index.html').resolve()}")
     return 0
 
@@ -724,7 +726,8 @@ def _add_evaluate_stage(sub) -> None:
         "evaluate",
         help="can I trust these concepts? stability over seeds and folds, a k sweep, baselines",
         description="Fit saved activations with several seeds and folds (fold 0 held out) and "
-        "write summary.json with reconstruction, held-out error, sparsity and Hungarian-matched "
+        "write summary.json (and dictionaries.safetensors) with reconstruction, held-out "
+        "error, sparsity and Hungarian-matched "
         "stability beside a shared-init control and chance, for ConvexNMF and the baselines; "
         "with several --k, a k sweep figure and a suggested k.",
     )
@@ -794,8 +797,39 @@ def _add_evaluate_stage(sub) -> None:
     )
 
 
+def _add_report_evaluation_arg(rep) -> None:
+    rep.add_argument(
+        "--evaluation",
+        type=Path,
+        metavar="DIR",
+        help="folder written by 'concept-probe evaluate': adds the 'How stable' section",
+    )
+
+
+def _load_evaluation(folder: Path | None):
+    """The Evaluation saved by 'concept-probe evaluate' (summary.json + dictionaries)."""
+    if folder is None:
+        return None
+    from safetensors.torch import load_file
+
+    from .evaluation import Evaluation
+
+    summary = folder / "summary.json"
+    if not summary.is_file():
+        raise UsageError(f"{folder}: no summary.json (write one with 'concept-probe evaluate').")
+    data = json.loads(summary.read_text(encoding="utf-8"))
+    dicts = {}
+    if (folder / "dictionaries.safetensors").is_file():
+        for key, D in load_file(folder / "dictionaries.safetensors").items():
+            method, k = key.rsplit("/k=", 1)
+            dicts[(method, int(k))] = D
+    return Evaluation.from_dict(data, dicts)
+
+
 def _write_evaluation(evaluation, out: Path) -> None:
-    """summary.json and the figures, into a folder written atomically."""
+    """summary.json, the reported fits' dictionaries and the figures, written atomically."""
+    from safetensors.torch import save_file
+
     from ._io import atomic_directory
     from .visualization import plot_concept_stability, plot_k_sweep
 
@@ -806,6 +840,8 @@ def _write_evaluation(evaluation, out: Path) -> None:
     method = evaluation.rows[0]["method"]
     with atomic_directory(out) as tmp:
         (tmp / "summary.json").write_text(evaluation.to_json(), encoding="utf-8")
+        tensors = {f"{m}/k={k}": D.contiguous() for (m, k), D in evaluation.dictionaries.items()}
+        save_file(tensors, str(tmp / "dictionaries.safetensors"))
         if evaluation.k_rule is not None:
             fig = plot_k_sweep(evaluation, method=method)
             fig.savefig(tmp / "k_sweep.png", dpi=100)

@@ -492,6 +492,30 @@ def test_cli_evaluate_writes_summary_and_figures(small_sweep, tmp_path, capsys):
     assert summary["k_rule"]["rule"].startswith("largest k")
     assert (out / "k_sweep.png").is_file() and (out / "stability.png").is_file()
     assert "suggested k" in capsys.readouterr().out
+    # the report stage takes the evaluation folder and gains the section
+    assert main(["fit", str(path), "--concepts", "3", "--out", str(tmp_path / "fit")]) == 0
+    rep = tmp_path / "rep"
+    assert (
+        main(
+            [
+                "report",
+                str(path),
+                str(tmp_path / "fit"),
+                "--evaluation",
+                str(out),
+                "--out",
+                str(rep),
+            ]
+        )
+        == 0
+    )
+    summary = json.loads((rep / "summary.json").read_text())
+    assert len(summary["evaluation"]["per_concept"]) == 3
+    assert "How stable are these concepts?" in (rep / "index.html").read_text()
+    back = cp.Evaluation.from_dict(json.loads((out / "summary.json").read_text()))
+    assert (
+        back.suggested_k == json.loads((out / "summary.json").read_text())["k_rule"]["suggested_k"]
+    )
     # bad input: one line, exit code 2
     assert main(["evaluate", str(path), "--k", "3", "--seeds", "1", "--out", str(out)]) == 2
     assert "one seed gives one dictionary" in capsys.readouterr().err

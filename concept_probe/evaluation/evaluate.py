@@ -173,6 +173,49 @@ class Evaluation:
             }
         )
 
+    @classmethod
+    def from_dict(cls, data: dict, dictionaries: dict | None = None) -> Evaluation:
+        """Rebuild an evaluation from :meth:`to_dict` (e.g. a ``summary.json``).
+
+        Parameters
+        ----------
+        data : dict
+            What :meth:`to_dict` returned (``None`` stands for ``nan``, as JSON stores it).
+        dictionaries : dict, optional
+            ``{(method, k): D}``, the reported fits' dictionaries (JSON does not hold them).
+
+        Returns
+        -------
+        Evaluation
+        """
+        try:
+            rows = [
+                {key: (math.nan if v is None else v) for key, v in r.items()} for r in data["rows"]
+            ]
+            details, config = list(data["details"]), dict(data["config"])
+        except (KeyError, TypeError) as exc:
+            raise ValueError(
+                f"not an evaluation summary (expected 'rows', 'details' and 'config'): {exc}"
+            ) from exc
+        rule = None
+        if data.get("k_rule"):
+            r = data["k_rule"]
+            rule = KRule(
+                method=r["method"],
+                threshold=r["threshold"],
+                min_excess=r["min_excess"],
+                suggested_k=r["suggested_k"],
+                stability={int(k): v for k, v in r["stability"].items()},
+                reason=r["rule"].split(": ", 1)[-1],
+            )
+        return cls(
+            rows=rows,
+            details=details,
+            config=config,
+            k_rule=rule,
+            dictionaries=dict(dictionaries or {}),
+        )
+
     def to_json(self) -> str:
         """:meth:`to_dict` as indented JSON text."""
         return json.dumps(self.to_dict(), indent=2)
