@@ -8,13 +8,17 @@ plain built-in exception does not describe well.
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointMismatchError",
     "ConceptProbeError",
     "ConvergenceWarning",
     "CorruptFileError",
     "FitMismatchError",
+    "ForwardPassError",
     "InvalidParameterError",
     "LayerNotFoundError",
     "NotFittedError",
+    "PreprocessingWarning",
+    "UnsafeCheckpointError",
     "UnscaledL1Warning",
 ]
 
@@ -58,6 +62,22 @@ class CorruptFileError(ConceptProbeError, ValueError):
 
 class FitMismatchError(ConceptProbeError, ValueError):
     """A saved fit was given activations other than the ones it was fitted on."""
+
+
+class CheckpointMismatchError(ConceptProbeError, ValueError):
+    """A checkpoint's keys or tensor shapes do not fit the model it is loaded into."""
+
+
+class UnsafeCheckpointError(ConceptProbeError, ValueError):
+    """A checkpoint holds pickled Python objects: loading it could run code from the file."""
+
+
+class ForwardPassError(ConceptProbeError, RuntimeError):
+    """The model's forward pass failed on the inputs (often a wrong input size or model)."""
+
+
+class PreprocessingWarning(UserWarning):
+    """The inputs' preprocessing probably differs from what the model was trained with."""
 
 
 class ConvergenceWarning(UserWarning):

@@ -1,11 +1,15 @@
 """Model loaders: timm by name or local checkpoint, fast offline failures, HF folders."""
 
+import re
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 import concept_probe.extraction.models as models
+from concept_probe.errors import CheckpointMismatchError, UnsafeCheckpointError
 from concept_probe.extraction import (
     PretrainedWeightsUnavailableError,
     load_text_model,
@@ -76,7 +80,7 @@ def test_checkpoint_errors(tmp_path):
     save_file(
         timm.create_model("resnet18", num_classes=2).state_dict(), tmp_path / "r18.safetensors"
     )
-    with pytest.raises(ValueError, match=r"does not match timm model 'resnet34'.*missing keys"):
+    with pytest.raises(CheckpointMismatchError, match=r"fit timm model 'resnet34': 96 missing"):
         load_vision_model("resnet34", checkpoint=tmp_path / "r18.safetensors")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_vision_model("resnet18", checkpoint=tmp_path / "nope.safetensors")
@@ -88,6 +92,102 @@ def test_checkpoint_errors(tmp_path):
         load_vision_model("resnet18", checkpoint=tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="not both"):
         load_vision_model("resnet18", pretrained=True, checkpoint=tmp_path / "r18.safetensors")
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def byo(monkeypatch):
+    """Run from the folder holding _byo_model.py, as a user runs beside their model file."""
+    monkeypatch.chdir(TESTS)
+    monkeypatch.delitem(sys.modules, "_byo_model", raising=False)
+    return "_byo_model"
+
+
+def test_import_string_models_with_kwargs_and_a_pth_state_dict(tmp_path, byo):
+    torch.manual_seed(0)
+    model = load_vision_model(f"{byo}:TinyNet", width=4, num_classes=5)
+    assert type(model).__name__ == "TinyNet" and model.fc.out_features == 5
+    assert not model.training
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    again = load_vision_model(
+        f"{byo}:tiny_net", checkpoint=tmp_path / "w.pth", width=4, num_classes=5
+    )
+    assert torch.equal(again.fc.weight, model.fc.weight)
+    # a prefix the user strips (weights saved from a wrapper holding the net as .model)
+    torch.save({f"model.{k}": v for k, v in model.state_dict().items()}, tmp_path / "p.pth")
+    with pytest.raises(CheckpointMismatchError, match=re.escape("strip_prefix='model.'")):
+        load_vision_model(f"{byo}:TinyNet", checkpoint=tmp_path / "p.pth", width=4, num_classes=5)
+    stripped = load_vision_model(
+        f"{byo}:TinyNet",
+        checkpoint=tmp_path / "p.pth",
+        strip_prefix="model.",
+        width=4,
+        num_classes=5,
+    )
+    assert torch.equal(stripped.conv1.weight, model.conv1.weight)
+
+
+def test_shape_mismatch_is_one_line_with_counts_keys_shapes_and_a_hint(tmp_path, byo):
+    torch.save(load_vision_model(f"{byo}:TinyNet", width=4).state_dict(), tmp_path / "w4.pth")
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_vision_model(f"{byo}:TinyNet", checkpoint=tmp_path / "w4.pth")
+    assert str(info.value) == (
+        f"checkpoint {str(tmp_path / 'w4.pth')!r} does not fit '_byo_model:TinyNet': 7 shape "
+        f"mismatch(es) (conv1.weight: checkpoint (4, 3, 3, 3) vs model (8, 3, 3, 3); "
+        f"conv1.bias: checkpoint (4) vs model (8); layer1.0.weight: checkpoint (4, 4, 3, 3) vs "
+        f"model (8, 8, 3, 3)). Build the model with the arguments it was trained with (keyword "
+        f"arguments; CLI: --model-kwargs, e.g. num_classes=10 or a width), or check the model "
+        f"name."
+    )
+
+
+def test_a_checkpoint_that_needs_unpickling_is_refused(tmp_path, byo):
+    model = load_vision_model(f"{byo}:TinyNet")
+    torch.save(model, tmp_path / "whole.pth")  # the whole object: pickled classes
+    with pytest.raises(UnsafeCheckpointError) as info:
+        load_vision_model(f"{byo}:TinyNet", checkpoint=tmp_path / "whole.pth")
+    assert str(info.value) == (
+        f"checkpoint {str(tmp_path / 'whole.pth')!r} holds pickled Python objects "
+        f"(_byo_model.TinyNet), not only tensors; unpickling them could run arbitrary code from "
+        f"the file, so it is not loaded (torch.load(weights_only=True) refused it). If you "
+        f"trust the file, re-save its weights alone in Python: "
+        f"torch.save(obj.state_dict(), 'weights.pth') or, better, "
+        f"safetensors.torch.save_file(obj.state_dict(), 'weights.safetensors')."
+    )
+
+
+def test_import_string_errors(byo):
+    with pytest.raises(ValueError, match="cannot import module 'no_such_module_xyz'"):
+        load_vision_model("no_such_module_xyz:Net")
+    with pytest.raises(ValueError, match=re.escape("has no 'TinyNte'. Did you mean 'TinyNet'")):
+        load_vision_model(f"{byo}:TinyNte")
+    with pytest.raises(TypeError, match="'NOT_A_MODEL' is a int"):
+        load_vision_model(f"{byo}:NOT_A_MODEL")
+    with pytest.raises(TypeError, match="--model-kwargs"):
+        load_vision_model(f"{byo}:TinyNet", depth=3)
+    with pytest.raises(ValueError, match="import string"):
+        load_vision_model(f"{byo}:TinyNet", pretrained=True)
+    with pytest.raises(TypeError, match="--model-kwargs"):
+        load_vision_model("resnet18", no_such_argument=3)
+
+
+def test_checkpoint_data_config_is_read_from_safetensors_metadata(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    sd = timm.create_model("resnet18", num_classes=2).state_dict()
+    cfg = {"input_size": [3, 32, 32], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    save_file(sd, tmp_path / "w.safetensors", metadata={"data_config": json.dumps(cfg)})
+    model = load_vision_model("resnet18", checkpoint=tmp_path / "w.safetensors")
+    assert getattr(model, models.CHECKPOINT_CFG_ATTR) == {
+        "path": str(tmp_path / "w.safetensors"),
+        "input_size": (3, 32, 32),
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.5),
+    }
 
 
 def test_text_model_from_a_local_folder_and_offline_hub_ids(monkeypatch):

@@ -1,6 +1,7 @@
 """Vision front end: exact provenance, ViT token grids, inputs, subsampling, streaming."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -434,3 +435,159 @@ def test_out_refuses_a_folder_with_other_files(tmp_path, resnet):
     with pytest.raises(FileExistsError, match="refusing"):
         extract_image_activations(resnet, "layer3", images(1), out=tmp_path, progress=False)
     assert np.array_equal(sorted(p.name for p in tmp_path.iterdir()), ["notes.txt"])
+
+
+# ------------------------------------------------------------------ bring your own model
+def _tiny(**kwargs):
+    from _byo_model import TinyNet
+
+    torch.manual_seed(0)
+    return TinyNet(**kwargs).eval()
+
+
+def test_data_config_overrides_build_the_transform_and_are_recorded():
+    import re
+
+    from timm.data import create_transform
+
+    net = _tiny(width=4)
+    pics = [solid((200, 30, 60)), solid((20, 90, 160))]
+    acts = extract_image_activations(
+        net, "layer2", pics, input_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, progress=False
+    )
+    assert acts.grid == (8, 8)
+    rec = acts.meta["preprocessing"]
+    assert rec["input_size"] == [3, 16, 16] and rec["mean"] == [0.5] * 3
+    assert rec["source"] == {
+        "input_size": "argument",
+        "crop_pct": "timm default",
+        "interpolation": "timm default",
+        "mean": "argument",
+        "std": "argument",
+    }
+    t = create_transform(
+        input_size=(3, 16, 16),
+        crop_pct=0.875,
+        interpolation="bicubic",
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+    )
+    direct = extract_image_activations(
+        net, "layer2", torch.stack([t(p) for p in pics]), progress=False
+    )
+    assert torch.equal(acts.A, direct.A)
+    with pytest.raises(ValueError, match=re.escape("give input_size= too (CLI: --input-size)")):
+        extract_image_activations(net, "layer2", pics, mean=(0.5,) * 3, progress=False)
+    with pytest.raises(ValueError, match="tensors used as given"):
+        extract_image_activations(net, "layer2", images(1), input_size=16, progress=False)
+    for bad, needle in (
+        ({"input_size": 0}, "input_size must be"),
+        ({"input_size": (3, 16, 16, 1)}, "input_size must be"),
+        ({"crop_pct": 1.5}, "crop_pct must be"),
+        ({"interpolation": "cubic"}, "interpolation must be one of"),
+        ({"std": (0.2, 0.0, 0.2)}, "std must be 1 or 3 positive floats"),
+        ({"mean": (0.1, 0.2)}, "mean must be 1 or 3 floats"),
+    ):
+        with pytest.raises(ValueError, match=needle):
+            extract_image_activations(net, "layer2", pics, progress=False, **bad)
+
+
+def test_small_images_warn_once_with_the_fix():
+    import re
+
+    from concept_probe.errors import PreprocessingWarning
+
+    net = _tiny(width=4)
+    pics = [solid((200, 30, 60), size=8) for _ in range(3)]
+    msg = (
+        "3 of 3 images are upsampled more than 2x to the model's 32 x 32 input (median image "
+        "8 x 8 px, 4x), so the model sees them blurred and out of scale. If it was trained on "
+        "small images, give their size: input_size=8 (CLI: --input-size 8)."
+    )
+    with pytest.warns(PreprocessingWarning, match=f"^{re.escape(msg)}$") as record:
+        acts = extract_image_activations(net, "layer2", pics, input_size=32, progress=False)
+    assert len(record) == 1
+    assert acts.meta["image_sizes"] == {
+        "n_images": 3,
+        "median_size": [8, 8],
+        "model_input": [32, 32],
+        "n_upsampled_2x": 3,
+        "median_upsampling": 4.0,
+    }
+    extract_image_activations(net, "layer2", pics, input_size=8, progress=False)  # no warning
+
+
+def test_checkpoint_preprocessing_that_disagrees_warns(tmp_path, monkeypatch):
+    import re
+
+    from concept_probe.errors import PreprocessingWarning
+    from concept_probe.extraction import load_vision_model
+
+    monkeypatch.chdir(Path(__file__).parent)
+    cfg = {"input_size": [3, 16, 16], "mean": [0.5] * 3, "std": [0.5] * 3}
+    sd = _tiny(width=4).state_dict()
+    torch.save({"state_dict": sd, "data_config": cfg}, tmp_path / "w.pth")
+    net = load_vision_model("_byo_model:TinyNet", checkpoint=tmp_path / "w.pth", width=4)
+    pics = [solid((1, 2, 3), size=32)]
+    msg = (
+        f"checkpoint {str(tmp_path / 'w.pth')!r} records a preprocessing other than the one in "
+        f"use: input_size (16, 16) (in use: (32, 32), from argument); mean (0.5, 0.5, 0.5) (in "
+        f"use: (0.485, 0.456, 0.406), from timm default); std (0.5, 0.5, 0.5) (in use: (0.229, "
+        f"0.224, 0.225), from timm default). Pass the checkpoint's values"
+    )
+    with pytest.warns(PreprocessingWarning, match=re.escape(msg)):
+        extract_image_activations(net, "layer2", pics, input_size=32, progress=False)
+    same = dict(input_size=16, mean=(0.5,) * 3, std=(0.5,) * 3)
+    extract_image_activations(net, "layer2", pics, progress=False, **same)  # no warning
+
+
+def test_classifier_accuracy_on_a_labelled_folder(tmp_path):
+    net = _tiny(width=4, num_classes=2)
+    colours = {"cat": [(250, 10, 10), (200, 40, 20)], "dog": [(10, 10, 250), (30, 60, 200)]}
+    for cls, cols in colours.items():
+        (tmp_path / cls).mkdir()
+        for i, c in enumerate(cols):
+            solid(c, size=16).save(tmp_path / cls / f"{i}.png")
+    acts = extract_image_activations(
+        net, "layer1", tmp_path, input_size=16, predictions=True, progress=False
+    )
+    pre = acts.meta["preprocessing"]
+    from timm.data import create_transform
+
+    t = create_transform(
+        input_size=tuple(pre["input_size"]),
+        crop_pct=pre["crop_pct"],
+        interpolation=pre["interpolation"],
+        mean=pre["mean"],
+        std=pre["std"],
+    )
+    x = torch.stack([t(Image.open(p).convert("RGB")) for p in acts.sample_ids])
+    with torch.no_grad():
+        pred = net(x).argmax(1)
+    correct = int((pred == acts.labels).sum())
+    assert acts.meta["predictions"] == {
+        "n_classes": 2,
+        "n_images": 4,
+        "n_labelled": 4,
+        "n_correct": correct,
+        "accuracy": correct / 4,
+    }
+    # Rows are unchanged by the full forward pass.
+    plain = extract_image_activations(net, "layer1", tmp_path, input_size=16, progress=False)
+    assert torch.equal(plain.A, acts.A) and "predictions" not in plain.meta
+    # A model without logits records nothing.
+    feats = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU())
+    none = extract_image_activations(feats, "1", images(2), predictions=True, progress=False)
+    assert "predictions" not in none.meta
+
+
+def test_a_failing_forward_pass_is_one_readable_error():
+    from concept_probe.errors import ForwardPassError
+
+    net = _tiny(width=4)
+    with pytest.raises(
+        ForwardPassError,
+        match=r"^the forward pass of TinyNet failed on inputs "
+        r"\(2, 1, 16, 16\) \(RuntimeError: .*their size \(input_size=",
+    ):
+        extract_image_activations(net, "layer2", images(2, size=16)[:, :1], progress=False)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .._torch_utils import resolve_device
+from ..errors import ForwardPassError
 from . import _storage
 from .activations import Activations
 from .hooks import capture_layers, resolve_layers
@@ -271,6 +272,9 @@ class Plan:
     progress: bool = True
     unit: str = "img"
     stop_early: bool = True
+    # Called with every batch and the model's own output (the forward pass then runs to the
+    # end): how the vision front end records a classifier's predictions.
+    on_output: Callable[[Batch, Any], None] | None = None
 
 
 def run(plan: Plan, out: str | Path | None, single: bool) -> Activations | dict[str, Activations]:
@@ -302,7 +306,8 @@ def _forward_batches(plan: Plan, layers: list[str], start: int):
         for batch in plan.batches(start):
             # The first batch runs the whole model to catch modules called more than once per
             # forward (ambiguous outputs); later batches stop after the last captured layer.
-            outs = cap.run(batch.inputs, stop_early=plan.stop_early and STOP_EARLY and not first)
+            stop = plan.stop_early and STOP_EARLY and not first and plan.on_output is None
+            outs = _forward(plan, cap, batch, stop)
             if first:
                 reused = {n: c for n, c in cap.calls.items() if c > 1}
                 if reused:
@@ -315,7 +320,33 @@ def _forward_batches(plan: Plan, layers: list[str], start: int):
                         f"the number of calls)."
                     )
                 first = False
+            if plan.on_output is not None:
+                plan.on_output(batch, cap.output)
             yield batch, {name: plan.to_rows(name, outs[name], batch) for name in layers}
+
+
+def _input_shape(inputs: Any) -> str:
+    if isinstance(inputs, torch.Tensor):
+        return str(tuple(inputs.shape))
+    if isinstance(inputs, dict):
+        return "{" + ", ".join(f"{k}: {tuple(v.shape)}" for k, v in inputs.items()) + "}"
+    return type(inputs).__name__
+
+
+def _forward(plan: Plan, cap, batch: Batch, stop_early: bool) -> dict[str, torch.Tensor]:
+    """One forward pass; a failure inside the model becomes a one-line ForwardPassError."""
+    try:
+        return cap.run(batch.inputs, stop_early=stop_early)
+    except ForwardPassError:
+        raise
+    except (RuntimeError, AssertionError) as exc:  # torch shape errors; timm asserts sizes
+        text = " ".join(str(exc).split())[:240]
+        raise ForwardPassError(
+            f"the forward pass of {type(plan.model).__name__} failed on inputs "
+            f"{_input_shape(batch.inputs)} ({type(exc).__name__}: {text}). Check that the "
+            f"inputs fit the model: their size (input_size=, CLI --input-size) and channels, "
+            f"and the model's arguments (CLI --model-kwargs)."
+        ) from exc
 
 
 def _meta(plan: Plan, layer: str) -> dict:

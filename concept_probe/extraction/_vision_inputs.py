@@ -153,21 +153,115 @@ def _parse_normalization(normalization) -> tuple[tuple[float, ...], tuple[float,
         ) from exc
 
 
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+
+
+def check_overrides(
+    input_size: Any = None,
+    crop_pct: Any = None,
+    interpolation: Any = None,
+    mean: Any = None,
+    std: Any = None,
+) -> dict[str, Any]:
+    """Validate the data-config overrides; return the given ones, normalised.
+
+    ``input_size`` may be one int (square), ``(H, W)`` or ``(C, H, W)``.
+    """
+    out: dict[str, Any] = {}
+    if input_size is not None:
+        size = (input_size,) * 2 if isinstance(input_size, (int, np.integer)) else input_size
+        try:
+            size = tuple(size)
+            ok = len(size) in (2, 3) and all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in size
+            )
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"input_size must be a positive int, (H, W) or (C, H, W); got {input_size!r}."
+            )
+        out["input_size"] = tuple(int(v) for v in ((3, *size) if len(size) == 2 else size))
+    if crop_pct is not None:
+        if (
+            isinstance(crop_pct, bool)
+            or not isinstance(crop_pct, (int, float))
+            or not (0 < crop_pct <= 1)
+        ):
+            raise ValueError(
+                f"crop_pct must be a number in (0, 1] (the centre crop's share of the resized "
+                f"image, e.g. 0.875; 1.0 = no crop); got {crop_pct!r}."
+            )
+        out["crop_pct"] = float(crop_pct)
+    if interpolation is not None:
+        if interpolation not in _INTERPOLATIONS:
+            raise ValueError(
+                f"interpolation must be one of {', '.join(map(repr, _INTERPOLATIONS))}; got "
+                f"{interpolation!r}."
+            )
+        out["interpolation"] = interpolation
+    for name, value in (("mean", mean), ("std", std)):
+        if value is None:
+            continue
+        try:
+            vals = tuple(float(v) for v in value)
+        except (TypeError, ValueError):
+            vals = ()
+        if len(vals) not in (1, 3) or (name == "std" and min(vals) <= 0):
+            what = "positive floats" if name == "std" else "floats"
+            raise ValueError(f"{name} must be 1 or 3 {what} (one per channel); got {value!r}.")
+        out[name] = vals
+    return out
+
+
 def decide_preprocessing(
     model: nn.Module,
     kind: str,
     transform: Callable | None,
     normalization: tuple | None,
     dataset_transform: Any = None,
+    overrides: dict[str, Any] | None = None,
 ) -> Preprocessing:
     """The one preprocessing decision of an extraction.
 
     ``kind`` is what :func:`input_kind` said about the images: tensors, DataLoader batches and
     datasets of tensors are used as given (the model's transform applies to PIL images only),
     PIL images and files go through ``transform`` or, for a timm model, its data config.
+    ``overrides`` (from :func:`check_overrides`) replace settings of that data config; for a
+    model that is not timm's they start from timm's defaults and need ``input_size``.
     ``normalization`` (and else the ``Normalize`` inside ``transform`` or the dataset's own
     transform) says what un-normalises the kept images.
     """
+    overrides = overrides or {}
+    if overrides:
+        names = ", ".join(f"{k}=" for k in overrides)
+        if transform is not None:
+            raise ValueError(
+                f"{names} set the preprocessing this function builds; with your own "
+                f"transform= put them in the transform instead."
+            )
+        if kind in ("tensor", "loader", "dataset_tensors"):
+            raise ValueError(
+                f"{names} set how images are resized and normalised, but these inputs are "
+                f"tensors used as given (already preprocessed). Pass images (PIL, files, a "
+                f"folder) instead, or drop them (normalization=(mean, std) describes how the "
+                f"tensors were normalised)."
+            )
+        if _is_timm_model(model):
+            cfg, src = _timm_config(model), dict.fromkeys(_FIELDS, "timm data config")
+        elif "input_size" in overrides:
+            from timm.data import resolve_data_config
+
+            cfg = dict(resolve_data_config({"input_size": overrides["input_size"]}))
+            src = dict.fromkeys(_FIELDS, "timm default")
+        else:
+            raise ValueError(
+                f"{type(model).__name__} is not a timm model, so it has no data config for "
+                f"{names} to change: give input_size= too (CLI: --input-size), and mean= / "
+                f"std= if it was not trained with ImageNet's."
+            )
+        cfg.update(overrides)
+        src.update(dict.fromkeys(overrides, "argument"))
     if transform is not None and not callable(transform):
         raise TypeError(
             f"transform must be callable (e.g. a torchvision transform taking a PIL image and "
@@ -184,7 +278,9 @@ def decide_preprocessing(
             "(or pass the Dataset and transform= here)."
         )
     none = dict.fromkeys(_FIELDS, "none")
-    if transform is not None:
+    if overrides:
+        pre = _from_timm_config(cfg, src)
+    elif transform is not None:
         norm = _find_normalize(transform)
         src = dict.fromkeys(_FIELDS, "transform argument")
         if not norm:
@@ -271,6 +367,8 @@ class _Source:
     n: int | None = None
     label_names: list[str] | None = None
     description = ""
+    # (H, W) of every image read before preprocessing (PIL images and files only)
+    original_sizes: list[tuple[int, int]] | None = None
 
     def data_fingerprint(self) -> str:
         raise NotImplementedError
@@ -321,6 +419,7 @@ class _ItemSource(_Source):
     ):
         self.get, self.n, self.ids, self.prep = get, n, ids, prep
         self.labels, self.description, self._fp = labels, description, fingerprint
+        self.original_sizes = []
 
     def data_fingerprint(self) -> str:
         return self._fp
@@ -330,7 +429,9 @@ class _ItemSource(_Source):
             e = min(s + batch_size, self.n)
             xs, labels = [], []
             for i in range(s, e):
-                x, y = self.prep(self.get(i), i)
+                x, y, size = self.prep(self.get(i), i)
+                if size is not None:
+                    self.original_sizes.append(size)
                 xs.append(x)
                 labels.append(self.labels[i] if self.labels is not None else y)
             shapes = {tuple(x.shape) for x in xs}
@@ -597,14 +698,14 @@ def _pil_prep(transform: Callable) -> Callable:
                 f"{type(x).__name__} {tuple(getattr(x, 'shape', ()))}. End it with ToTensor() "
                 f"(and Normalize)."
             )
-        return x, -1
+        return x, -1, (img.size[1], img.size[0])
 
     return prep
 
 
 def _dataset_prep(pre: Preprocessing, model: nn.Module) -> Callable:
     def prep(item, i):
-        y = -1
+        y, size = -1, None
         if isinstance(item, (tuple, list)) and item:
             item, y = item[0], _label_of(item[1]) if len(item) > 1 else -1
         if isinstance(item, np.ndarray) and item.ndim == 3 and item.dtype == np.uint8:
@@ -612,6 +713,7 @@ def _dataset_prep(pre: Preprocessing, model: nn.Module) -> Callable:
 
             item = Image.fromarray(item)
         if _is_pil(item):
+            size = (item.size[1], item.size[0])
             x = _need_transform(pre, model, "the dataset's PIL images")(item.convert("RGB"))
         elif isinstance(item, torch.Tensor):
             x = pre.transform(item) if pre.user_transform else item
@@ -626,7 +728,7 @@ def _dataset_prep(pre: Preprocessing, model: nn.Module) -> Callable:
                 f"{getattr(x, 'dtype', '')} after preprocessing; the model needs a float tensor "
                 f"(C, H, W)."
             )
-        return x, y
+        return x, y, size
 
     return prep
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .._checks import check_positive_int
-from ..errors import LayerNotFoundError
+from ..errors import ForwardPassError, LayerNotFoundError
 
 __all__ = ["LayerCapture", "LayerInfo", "LayerList", "capture_layers", "list_layers"]
 
@@ -111,7 +111,8 @@ class LayerCapture(Mapping):
     """Outputs captured by :func:`capture_layers`, by layer name (a read-only mapping).
 
     ``capture[name]`` is the output of the layer's latest call (detached);
-    ``capture.calls[name]`` how many times the layer ran since the last :meth:`clear`.
+    ``capture.calls[name]`` how many times the layer ran since the last :meth:`clear`;
+    ``capture.output`` what the model returned on the last :meth:`run` (None if it stopped early).
     """
 
     def __init__(self, names: Sequence[str], model: nn.Module):
@@ -120,6 +121,7 @@ class LayerCapture(Mapping):
         self._outputs: dict[str, torch.Tensor] = {}
         self.calls: dict[str, int] = dict.fromkeys(self.names, 0)
         self._stop_early = False
+        self.output: Any = None  # what the model returned on the last run (None if stopped)
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self._outputs:
@@ -172,16 +174,17 @@ class LayerCapture(Mapping):
         if len(args) == 1 and not kwargs and isinstance(args[0], Mapping):
             kwargs, args = dict(args[0]), ()
         self._stop_early = stop_early
+        self.output = None
         try:
             with torch.inference_mode():
-                self._model(*args, **kwargs)
+                self.output = self._model(*args, **kwargs)
         except _StopForward:
             pass
         finally:
             self._stop_early = False
         missing = [n for n in self.names if not self.calls[n]]
         if missing:
-            raise RuntimeError(
+            raise ForwardPassError(
                 f"layer(s) {missing} did not run during the forward pass, so nothing was "
                 f"captured. They exist in the model but its forward() does not call them for "
                 f"this input; pick layers that run (list_layers(model, sample_input) shows "

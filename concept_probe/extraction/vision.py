@@ -8,6 +8,7 @@ runs the forward passes and builds the :class:`Activations`. This module wires t
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -16,10 +17,12 @@ import torch
 from torch import nn
 
 from .._checks import check_choice, check_int, check_positive_int
+from ..errors import PreprocessingWarning
 from . import _engine
 from ._rows import Quota, VisionRows
 from ._vision_inputs import (
     IMAGE_EXTENSIONS,
+    check_overrides,
     decide_preprocessing,
     input_kind,
     make_source,
@@ -54,6 +57,12 @@ def extract_image_activations(
     layout: str | None = None,
     out: str | os.PathLike | None = None,
     progress: bool = True,
+    input_size: int | Sequence[int] | None = None,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    predictions: bool = False,
 ) -> Activations | dict[str, Activations]:
     """Activations of one or several layers of a vision model, one row per position or image.
 
@@ -123,6 +132,23 @@ def extract_image_activations(
         several layers each gets a sub-folder.
     progress : bool, default=True
         Show a tqdm progress bar.
+    input_size, crop_pct, interpolation, mean, std : optional
+        Override settings of the data config this function builds its transform from (PIL
+        images and files only): the timm model's, or for another model timm's defaults
+        (``input_size`` is then required). ``input_size`` is an int, ``(H, W)`` or
+        ``(C, H, W)``; ``interpolation`` one of ``'bilinear'``, ``'bicubic'``, ``'nearest'``,
+        ... The preprocessing used is recorded in ``acts.meta['preprocessing']``, with where
+        each setting came from.
+    predictions : bool, default=False
+        Run each forward pass to the end and, when the model returns logits (B, n_classes),
+        record its accuracy on the labelled inputs (class sub-folder ``i`` taken as class
+        ``i``) in ``acts.meta['predictions']``.
+
+    Warns
+    -----
+    PreprocessingWarning
+        When most images are upsampled more than 2x to the model's input size, or when the
+        checkpoint the model was loaded from records another preprocessing.
 
     Returns
     -------
@@ -170,11 +196,13 @@ def extract_image_activations(
             "max_rows / rows_per_image subsample positions within images; mode='pooled' has one "
             "row per image. Pass fewer images instead."
         )
+    overrides = check_overrides(input_size, crop_pct, interpolation, mean, std)
     run = _engine.setup(model, layer, device)
 
     kind, first = input_kind(images)
     dataset_transform = getattr(images, "transform", None) if kind.startswith("dataset") else None
-    pre = decide_preprocessing(model, kind, transform, normalization, dataset_transform)
+    pre = decide_preprocessing(model, kind, transform, normalization, dataset_transform, overrides)
+    _warn_checkpoint_disagrees(model, pre)
     source, extra_meta = make_source(images, kind, first, pre, model, out is not None)
     if max_rows is not None and source.n is None:
         raise ValueError(
@@ -184,6 +212,7 @@ def extract_image_activations(
     quota = Quota(max_rows, rows_per_image, source.n, int(seed))
     rows = VisionRows(model, mode, include_tokens, layout, int(seed), quota, int(border))
     input_hw: list[tuple[int, int]] = []  # the (H, W) the model saw, from the first batch
+    tally: dict | None = {} if predictions else None
 
     def batches(start: int) -> Iterator[_engine.Batch]:
         for x, labels, ids in source.batches(start, batch_size):
@@ -221,6 +250,11 @@ def extract_image_activations(
         m = dict(info.get("meta", {}))
         if input_hw:
             m["input_size"] = list(input_hw[0])
+        sizes = _image_sizes(source, pre)
+        if sizes:
+            m["image_sizes"] = sizes
+        if tally is not None and tally.get("n_classes"):
+            m["predictions"] = dict(tally)
         return {"grid": info.get("grid"), "meta": m}
 
     fingerprint = {}
@@ -255,5 +289,103 @@ def extract_image_activations(
         label_names=source.label_names,
         progress=progress,
         unit="img",
+        on_output=(lambda batch, output: _count_predictions(tally, batch, output))
+        if predictions
+        else None,
     )
-    return _engine.run(plan, out, run.single)
+    result = _engine.run(plan, out, run.single)
+    _warn_small_images(_image_sizes(source, pre))
+    return result
+
+
+# ------------------------------------------------------------------------ checks on the way
+def _count_predictions(tally: dict, batch: _engine.Batch, output: Any) -> None:
+    """Add one batch's predicted classes to the running accuracy tally."""
+    logits = getattr(output, "logits", output)
+    if isinstance(logits, (tuple, list)) and logits:
+        logits = logits[0]
+    if not (
+        isinstance(logits, torch.Tensor)
+        and logits.ndim == 2
+        and logits.shape[0] == batch.size
+        and logits.shape[1] > 1
+        and logits.is_floating_point()
+    ):
+        return  # not a classifier's output: nothing to record
+    pred = logits.argmax(dim=1).cpu().numpy()
+    labels = batch.labels if batch.labels is not None else np.full(batch.size, -1)
+    known = labels >= 0
+    if tally.get("n_classes") is None:
+        tally.update(n_classes=int(logits.shape[1]), n_images=0, n_labelled=0, n_correct=0)
+    tally["n_images"] += batch.size
+    tally["n_labelled"] += int(known.sum())
+    tally["n_correct"] += int((pred[known] == labels[known]).sum())
+    if known.any() and int(labels[known].max()) >= tally["n_classes"]:
+        tally["labels_exceed_classes"] = True
+    ok = tally["n_labelled"] and not tally.get("labels_exceed_classes")
+    tally["accuracy"] = tally["n_correct"] / tally["n_labelled"] if ok else None
+
+
+def _image_sizes(source, pre) -> dict | None:
+    """How much the images were upsampled to the model's input (PIL images and files)."""
+    sizes = source.original_sizes
+    if not sizes or pre.input_size is None:
+        return None
+    H, W = pre.input_size[-2:]
+    factors = np.array([min(H, W) / min(h, w) for h, w in sizes])
+    hs, ws = zip(*sizes, strict=True)
+    return {
+        "n_images": len(sizes),
+        "median_size": [int(np.median(hs)), int(np.median(ws))],
+        "model_input": [int(H), int(W)],
+        "n_upsampled_2x": int((factors > 2).sum()),
+        "median_upsampling": round(float(np.median(factors)), 2),
+    }
+
+
+def _warn_small_images(sizes: dict | None) -> None:
+    if not sizes or 2 * sizes["n_upsampled_2x"] <= sizes["n_images"]:
+        return
+    (h, w), (H, W) = sizes["median_size"], sizes["model_input"]
+    warnings.warn(
+        f"{sizes['n_upsampled_2x']} of {sizes['n_images']} images are upsampled more than 2x "
+        f"to the model's {H} x {W} input (median image {h} x {w} px, "
+        f"{sizes['median_upsampling']:g}x), so the model sees them blurred and out of scale. "
+        f"If it was trained on small images, give their size: input_size={min(h, w)} (CLI: "
+        f"--input-size {min(h, w)}).",
+        PreprocessingWarning,
+        stacklevel=3,
+    )
+
+
+def _differs(a: Any, b: Any) -> bool:
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) != len(b) or any(_differs(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(float(a) - float(b)) > 1e-4 * max(1.0, abs(float(b)))
+    return a != b
+
+
+def _warn_checkpoint_disagrees(model: nn.Module, pre) -> None:
+    """Warn when the checkpoint's recorded preprocessing is not the one in use."""
+    from .models import CHECKPOINT_CFG_ATTR
+
+    ckpt = getattr(model, CHECKPOINT_CFG_ATTR, None)
+    if not isinstance(ckpt, dict):
+        return
+    diffs = []
+    for key in ("input_size", "crop_pct", "interpolation", "mean", "std"):
+        want, used = ckpt.get(key), getattr(pre, key)
+        if key == "input_size" and want is not None and used is not None:
+            want, used = tuple(want)[-2:], tuple(used)[-2:]
+        if want is not None and used is not None and _differs(used, want):
+            diffs.append(f"{key} {want} (in use: {used}, from {pre.source[key]})")
+    if diffs:
+        warnings.warn(
+            f"checkpoint {ckpt['path']!r} records a preprocessing other than the one in use: "
+            f"{'; '.join(diffs)}. Pass the checkpoint's values (input_size=, mean=, std=, "
+            f"interpolation=, crop_pct=; CLI: --input-size, --mean, --std, --interpolation, "
+            f"--crop-pct).",
+            PreprocessingWarning,
+            stacklevel=3,
+        )
