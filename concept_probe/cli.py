@@ -12,9 +12,15 @@ import json
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 EXIT_USAGE = 2
+EXIT_BUG = 1
+EXIT_BUG_LINE = (
+    "concept-probe: internal error: this is a bug in concept_probe, not a problem with your "
+    "arguments or files; please report it with the traceback above."
+)
 
 _EPILOG = """examples:
   concept-probe run                                   # built-in demo, report in ./concept_probe_out
@@ -44,7 +50,9 @@ class _Parser(argparse.ArgumentParser):
 def _add_input_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and inputs (all omitted: the built-in demo)")
     g.add_argument(
-        "--model", help="timm model name, or a transformers model folder / id with --texts"
+        "--model",
+        help="timm model name, your own 'package.module:factory' (a class or function "
+        "returning an nn.Module), or a transformers model folder / id with --texts",
     )
     src = g.add_mutually_exclusive_group()
     src.add_argument(
@@ -56,8 +64,9 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
         "--checkpoint",
         type=Path,
         metavar="PATH",
-        help="local timm checkpoint (.safetensors, .pth, .pt)",
+        help="local weights (.safetensors, or a .pth/.pt state_dict; never unpickled)",
     )
+    _add_model_args(g)
     data = g.add_mutually_exclusive_group()
     data.add_argument(
         "--images",
@@ -68,8 +77,10 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
     data.add_argument("--texts", type=Path, metavar="FILE", help="text file, one text per line")
     g.add_argument(
         "--layer",
-        help="layer to read (a name from 'concept-probe layers'); "
-        "default: the demo's layer, or the last stage of a timm model",
+        action="append",
+        help="layer to read (a name from 'concept-probe layers'); repeat for several (one "
+        "forward pass, one report each); default: the demo's layer, or the last stage of a "
+        "timm model",
     )
     g.add_argument(
         "--mode",
@@ -105,6 +116,7 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="demo only: how many images to generate (default: %(default)s)",
     )
+    _add_preprocessing_args(p)
 
 
 def _add_fit_args(p: argparse.ArgumentParser) -> None:
@@ -222,8 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate_stage(sub)
 
     lay = sub.add_parser("layers", help="list a model's layers and their output shapes")
-    lay.add_argument("--model", help="timm model name (default: the demo model)")
+    lay.add_argument(
+        "--model", help="timm model name or 'package.module:factory' (default: the demo model)"
+    )
     lay.add_argument("--checkpoint", type=Path, metavar="PATH")
+    _add_model_args(lay)
     lay.add_argument("--size", type=int, default=None, help="input size for the shapes")
     return parser
 
@@ -278,13 +293,23 @@ def _load_vision(args, warn_random: bool = True):
 
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise UsageError(f"--checkpoint {args.checkpoint}: no such file.")
-    if warn_random and not args.pretrained and args.checkpoint is None:
+    pretrained = getattr(args, "pretrained", False)
+    if warn_random and not pretrained and args.checkpoint is None:
         print(
             f"note: --model {args.model} without --pretrained or --checkpoint has random "
             f"weights; its concepts say little about a trained network.",
             file=sys.stderr,
         )
-    return load_vision_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint)
+    strip = getattr(args, "strip_prefix", None)
+    if strip is not None and args.checkpoint is None:
+        raise UsageError("--strip-prefix applies to checkpoint keys; give --checkpoint too.")
+    return load_vision_model(
+        args.model,
+        pretrained=pretrained,
+        checkpoint=args.checkpoint,
+        strip_prefix=strip,
+        **_model_kwargs(args),
+    )
 
 
 def _default_layer(model) -> str:
@@ -312,6 +337,7 @@ def _extract(args, out: Path | None = None):
             ("--max-rows", args.max_rows is not None),
             ("--mode pooled", args.mode != "spatial"),
             ("--border", args.border != 0),
+            *_image_only_flags(args),
         ):
             if used:
                 raise UsageError(
@@ -331,7 +357,7 @@ def _extract(args, out: Path | None = None):
         return extract_text_activations(
             model,
             tokenizer,
-            args.layer,
+            _layer_arg(args.layer),
             args.texts,
             batch_size=args.batch_size,
             device=args.device,
@@ -349,20 +375,24 @@ def _extract(args, out: Path | None = None):
         from .extraction import extract_image_activations
 
         model = _load_vision(args)
-        layer = args.layer or _default_layer(model)
-        return extract_image_activations(
-            model,
-            layer,
-            args.images,
-            mode=args.mode,
-            batch_size=args.batch_size,
-            device=args.device,
-            max_rows=args.max_rows,
-            border=args.border,
-            seed=args.seed,
-            out=out,
-            progress=progress,
-        )
+        preprocessing = _preprocessing(args, model)
+        layer = _layer_arg(args.layer) or _default_layer(model)
+        with _warnings_as_notes():
+            return extract_image_activations(
+                model,
+                layer,
+                args.images,
+                mode=args.mode,
+                batch_size=args.batch_size,
+                device=args.device,
+                max_rows=args.max_rows,
+                border=args.border,
+                seed=args.seed,
+                out=out,
+                progress=progress,
+                predictions=_has_class_folders(args.images),
+                **preprocessing,
+            )
     if args.model or args.checkpoint or args.pretrained:
         raise UsageError(
             "--model needs inputs: --images DIR (timm model) or --texts FILE "
@@ -376,6 +406,11 @@ def _extract(args, out: Path | None = None):
             "--border applies to --images; the demo's 4 x 4 map is kept whole (its report "
             "warns about concepts that sit on the border)."
         )
+    for flag, used in _image_only_flags(args):
+        if used:
+            raise UsageError(f"{flag} describes your own model; the demo has its own.")
+    if args.layer and len(args.layer) > 1:
+        raise UsageError("the demo extracts one --layer at a time.")
     if args.mode != "spatial":
         raise UsageError(
             "the demo extracts spatial rows (its report needs them); --mode pooled applies "
@@ -386,7 +421,7 @@ def _extract(args, out: Path | None = None):
     acts = demo_activations(
         args.n_images,
         seed=args.seed,
-        layer=args.layer,
+        layer=_layer_arg(args.layer),
         device=args.device,
         batch_size=args.batch_size,
         progress=progress,
@@ -447,21 +482,32 @@ def _print_done(acts, nmf, t0: float) -> None:
 
 
 def _cmd_run(args) -> int:
-    from .visualization import write_report
-
     t0 = time.perf_counter()
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder.")
-    nmf = _estimator(args)
-    acts = _extract(args)
-    nmf, Z = _fit(args, acts, nmf)
+    _estimator(args)  # checks the fit arguments before anything is extracted
+    per_layer = _by_layer(_extract(args))
+    for layer, acts in per_layer.items():
+        # one layer: out/ holds its files; several: one sub-folder (and report) per layer
+        folder = out if len(per_layer) == 1 else out / _safe_dirname(layer)
+        if len(per_layer) > 1:
+            print(f"Layer {layer}:")
+        _run_one(args, acts, folder, t0)
+    return 0
+
+
+def _run_one(args, acts, out: Path, t0: float) -> None:
+    from .visualization import write_report
+
+    nmf, Z = _fit(args, acts, _estimator(args))
     out.mkdir(parents=True, exist_ok=True)
     acts.save(out / "activations.cp")
     _save_fit(nmf, Z, acts, out / "fit")
     explanation = _explanation(args, acts, nmf, Z)
     report = write_report(nmf, acts, Z, out / "report", explanation=explanation)
     _print_done(acts, nmf, t0)
+    _print_accuracy(acts)
     _print_explanation(explanation)
     summary = json.loads((report / "summary.json").read_text())
     if summary.get("factor_table"):
@@ -473,7 +519,27 @@ def _cmd_run(args) -> int:
             f"{sum(r['purity'] for r in rows) / len(rows):.2f})."
         )
     print(f"Report: {(report / 'index.html').resolve()}")
-    return 0
+
+
+def _by_layer(result) -> dict:
+    """The extraction result as {layer: Activations}, one entry per --layer."""
+    if isinstance(result, dict):
+        return result
+    return {(result.meta or {}).get("layer", ""): result}
+
+
+def _safe_dirname(layer: str) -> str:
+    from .extraction._engine import safe_dirname
+
+    return safe_dirname(layer)
+
+
+def _print_accuracy(acts) -> None:
+    from .visualization.report import accuracy_line
+
+    line = accuracy_line(acts.meta or {})
+    if line:
+        print(line)
 
 
 def _cmd_extract(args) -> int:
@@ -488,11 +554,14 @@ def _cmd_extract(args) -> int:
             f"with the same settings.",
             file=sys.stderr,
         )
-    acts = _extract(args, out=out)
-    print(
-        f"Saved {acts.n_rows} rows x {acts.n_features} features from {acts.n_samples} inputs "
-        f"to {out}"
-    )
+    per_layer = _by_layer(_extract(args, out=out))
+    for layer, acts in per_layer.items():
+        # several layers: --out is a folder with one activations folder per layer
+        where = out if len(per_layer) == 1 else out / _safe_dirname(layer)
+        print(
+            f"Saved {acts.n_rows} rows x {acts.n_features} features from {acts.n_samples} "
+            f"inputs to {where}"
+        )
     return 0
 
 
@@ -538,6 +607,8 @@ def _cmd_layers(args) -> int:
         model = _load_vision(args, warn_random=False)
         cfg = getattr(model, "pretrained_cfg", None) or {}
         size = args.size or int(cfg.get("input_size", (3, 224, 224))[-1])
+    elif args.checkpoint or args.model_kwargs or args.strip_prefix:
+        raise UsageError("--checkpoint, --model-kwargs and --strip-prefix need --model.")
     else:
         from .zoo import demo_metadata, load_demo_model
 
@@ -556,6 +627,168 @@ def _cmd_layers(args) -> int:
         table = list_layers(model)
     print(table)
     return 0
+
+
+# ----------------------------------------------------------------------------- your own model
+_INTERPOLATIONS = ["bilinear", "bicubic", "nearest", "lanczos", "box", "hamming"]
+
+
+def _add_model_args(g) -> None:
+    g.add_argument(
+        "--model-kwargs",
+        nargs="+",
+        metavar="K=V",
+        help="arguments of the model: key=value pairs (values read as JSON: 10, 0.5, true, "
+        "[1, 2], else text) or one JSON object, e.g. --model-kwargs num_classes=10 "
+        "stem_width=16; passed to timm or to your factory",
+    )
+    g.add_argument(
+        "--strip-prefix",
+        metavar="PREFIX",
+        help="remove this prefix from the checkpoint's keys, e.g. model.",
+    )
+
+
+def _add_preprocessing_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "preprocessing of --images (default: the timm model's data config; your own "
+        "model needs --input-size)"
+    )
+    g.add_argument("--input-size", type=int, nargs="+", metavar="N", help="H W, or one N for N x N")
+    g.add_argument("--mean", type=float, nargs="+", metavar="X", help="per-channel mean")
+    g.add_argument("--std", type=float, nargs="+", metavar="X", help="per-channel std")
+    g.add_argument("--interpolation", choices=_INTERPOLATIONS, help="resize interpolation")
+    g.add_argument("--crop-pct", type=float, metavar="X", help="centre-crop share (1.0: no crop)")
+
+
+def _json_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _model_kwargs(args) -> dict:
+    """--model-kwargs as a dict: key=value pairs (JSON values) or one JSON object."""
+    items = getattr(args, "model_kwargs", None) or []
+    if len(items) == 1 and items[0].lstrip().startswith("{"):
+        value = _json_value(items[0])
+        if not isinstance(value, dict):
+            raise UsageError(
+                f"--model-kwargs {items[0]!r} is not a valid JSON object; write "
+                f"'{{\"num_classes\": 10}}' or num_classes=10."
+            )
+        return value
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(
+                f"--model-kwargs {item!r} is not key=value (e.g. num_classes=10) nor a JSON object."
+            )
+        out[key] = _json_value(value)
+    return out
+
+
+def _image_only_flags(args) -> list[tuple[str, bool]]:
+    return [
+        ("--model-kwargs", bool(getattr(args, "model_kwargs", None))),
+        ("--strip-prefix", getattr(args, "strip_prefix", None) is not None),
+        ("--input-size", args.input_size is not None),
+        ("--mean", args.mean is not None),
+        ("--std", args.std is not None),
+        ("--interpolation", args.interpolation is not None),
+        ("--crop-pct", args.crop_pct is not None),
+    ]
+
+
+def _preprocessing(args, model) -> dict:
+    """The --input-size/--mean/--std/--interpolation/--crop-pct given, as keyword arguments."""
+    from .extraction._vision_inputs import _is_timm_model
+
+    size = args.input_size
+    if size is not None and len(size) not in (1, 2):
+        raise UsageError(f"--input-size takes N or H W; got {' '.join(map(str, size))}.")
+    given = {
+        "input_size": (size[0] if len(size) == 1 else tuple(size)) if size else None,
+        "mean": args.mean,
+        "std": args.std,
+        "interpolation": args.interpolation,
+        "crop_pct": args.crop_pct,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    if not _is_timm_model(model) and "input_size" not in given:
+        raise UsageError(
+            f"--model {args.model} is not a timm model, so its preprocessing is unknown: give "
+            f"--input-size (and --mean, --std, --interpolation, --crop-pct when they are not "
+            f"ImageNet's 0.485 0.456 0.406 / 0.229 0.224 0.225, bicubic, 0.875)."
+        )
+    return given
+
+
+def _layer_arg(layers: list[str] | None):
+    """--layer given once: that name; several: the list; none: None."""
+    if not layers:
+        return None
+    return layers[0] if len(layers) == 1 else list(layers)
+
+
+def _has_class_folders(folder: Path) -> bool:
+    return any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
+
+
+@contextmanager
+def _warnings_as_notes():
+    """Library warnings during a stage become one 'warning:' line each on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for w in caught:
+                print(f"warning: {' '.join(str(w.message).split())}", file=sys.stderr)
+
+
+@contextmanager
+def _third_party_bars_off(quiet: bool, transformers: bool = False):
+    """--quiet: no progress bars from transformers (weight loading), huggingface_hub, tqdm.
+
+    ``transformers``: also silence transformers' own bars (imports it; for --texts).
+    """
+    if not quiet:
+        yield
+        return
+    import os
+
+    saved = {k: os.environ.get(k) for k in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    os.environ.update(TQDM_DISABLE="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
+    restore = []
+    try:
+        from huggingface_hub import utils as hub_utils
+
+        if not hub_utils.are_progress_bars_disabled():
+            hub_utils.disable_progress_bars()
+            restore.append(hub_utils.enable_progress_bars)
+    except ImportError:  # pragma: no cover - timm depends on huggingface_hub
+        pass
+    if transformers or "transformers" in sys.modules:
+        try:
+            from transformers.utils import logging as tf_logging
+        except ImportError:
+            tf_logging = None
+        if tf_logging is not None and tf_logging.is_progress_bar_enabled():
+            tf_logging.disable_progress_bar()
+            restore.append(tf_logging.enable_progress_bar)
+    try:
+        yield
+    finally:
+        for undo in restore:
+            undo()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 # ----------------------------------------------------------------------------- explain
@@ -903,7 +1136,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE
-        return _COMMANDS[args.command](args)
+        texts = getattr(args, "texts", None) is not None
+        with _third_party_bars_off(getattr(args, "quiet", False), transformers=texts):
+            return _COMMANDS[args.command](args)
     except UsageError as exc:
         _one_line(exc)
         return EXIT_USAGE
@@ -913,6 +1148,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("concept-probe: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # not a library error: a bug, so keep the traceback for the report
+        import traceback
+
+        traceback.print_exc()
+        print(EXIT_BUG_LINE, file=sys.stderr)
+        return EXIT_BUG
 
 
 def _one_line(exc: BaseException) -> None:

@@ -10,9 +10,9 @@ from torch import nn
 class TinyNet(nn.Module):
     """Two convolutions and a linear classifier; ``width`` channels, ``num_classes`` logits."""
 
-    def __init__(self, width: int = 8, num_classes: int = 3):
+    def __init__(self, width: int = 8, num_classes: int = 3, in_chans: int = 3):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, width, 3, padding=1)
+        self.conv1 = nn.Conv2d(in_chans, width, 3, padding=1)
         self.layer1 = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU())
         self.layer2 = nn.Sequential(nn.Conv2d(width, width, 3, stride=2, padding=1), nn.ReLU())
         self.pool = nn.AdaptiveAvgPool2d(1)

@@ -250,7 +250,8 @@ def load_checkpoint_into(
     sd = _strip(sd, strip_prefix)
     own = model.state_dict()
     what = what or type(model).__name__
-    shapes = [k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
+    # in the model's order (safetensors files list their keys sorted)
+    shapes = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     if shapes or missing or unexpected:

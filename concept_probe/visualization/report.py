@@ -497,6 +497,7 @@ def _build(
             ]
         )
         + "</p>",
+        *[f"<p class='meta'>{html.escape(x)}</p>" for x in _input_lines(meta) if x],
         "<nav>" + "".join(f"<a href='#{a}'>{html.escape(t)}</a>" for a, t in nav) + "</nav>",
     ]
 
@@ -780,6 +781,32 @@ def _coverage_note(s, comp, acts) -> str:
         f"(1 / sum of squared normalised weights) and {comp.effective_inputs:.1f} effective "
         f"{what}; {s.rows_50} rows hold 50% of the weight and {s.rows_90} rows 90%.</p>"
     )
+
+
+def accuracy_line(meta: dict) -> str | None:
+    """The classifier's accuracy on the labelled inputs, as extraction recorded it."""
+    p = meta.get("predictions") or {}
+    if p.get("accuracy") is None:
+        return None
+    chance = 1 / p["n_classes"]
+    line = (
+        f"Model accuracy on these inputs: {p['accuracy']:.3f} ({p['n_correct']}/"
+        f"{p['n_labelled']} labelled images, {p['n_classes']} classes; class sub-folder i is "
+        f"taken as the model's class i)."
+    )
+    if p["accuracy"] <= 1.5 * chance:
+        line += (
+            f" That is about chance (1/{p['n_classes']} = {chance:.3f}): check the checkpoint, "
+            f"the class order and the preprocessing."
+        )
+    return line
+
+
+def _input_lines(meta: dict) -> list[str | None]:
+    """What the model saw: the preprocessing used (and where each setting came from)."""
+    pre = meta.get("preprocessing") or {}
+    shown = [f"{k} {pre[k]} ({pre['source'][k]})" for k in pre.get("source", {}) if pre.get(k)]
+    return [("Preprocessing: " + "; ".join(shown) + ".") if shown else None, accuracy_line(meta)]
 
 
 def _text_context(acts, row: int, context: int = 6) -> str:
