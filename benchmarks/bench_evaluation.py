@@ -85,6 +85,7 @@ def main() -> None:
     p.add_argument("--max-iter", type=int, default=100)
     p.add_argument("--one", nargs=2, metavar=("N", "WARM"), help=argparse.SUPPRESS)
     p.add_argument("--busy", action="store_true", help="record that the machine was shared")
+    p.add_argument("--out", default="evaluation_sweep_cpu.json", help="file name in results/")
     args = p.parse_args()
     if args.one:
         out = one(int(args.one[0]), args.d, args.one[1] == "1", args.max_iter)
@@ -124,9 +125,7 @@ def main() -> None:
         "threads": os.environ.get("BENCH_THREADS", "2"),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    (RESULTS / "evaluation_sweep_cpu.json").write_text(
-        json.dumps({"meta": meta, "results": results}, indent=2)
-    )
+    (RESULTS / args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
 
 
 if __name__ == "__main__":
