@@ -12,6 +12,7 @@ __all__ = [
     "ConceptProbeError",
     "ConvergenceWarning",
     "CorruptFileError",
+    "DistributedError",
     "FitMismatchError",
     "ForwardPassError",
     "InvalidParameterError",
@@ -78,6 +79,15 @@ class ForwardPassError(ConceptProbeError, RuntimeError):
 
 class PreprocessingWarning(UserWarning):
     """The inputs' preprocessing probably differs from what the model was trained with."""
+
+
+class DistributedError(ConceptProbeError, RuntimeError):
+    """A distributed fit could not go on: no process group, or a rank died or hung.
+
+    Raised on every surviving rank when a collective fails (a peer exited, or did not answer
+    within the process group's timeout) or when another rank refused its input; the fit is
+    abandoned and nothing is written.
+    """
 
 
 class ConvergenceWarning(UserWarning):

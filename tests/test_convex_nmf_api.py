@@ -180,13 +180,14 @@ def test_unknown_keyword_argument_is_refused():
         ConvexNMF(3, max_iters=2)
     assert str(err.value) == (
         "ConvexNMF() got unexpected keyword argument(s) 'max_iters'. Accepted extra keyword "
-        "arguments: batch_size, dtype, init, max_iter, momentum, seed, support_size."
+        "arguments: batch_size, distributed, dtype, init, max_iter, momentum, process_group, "
+        "seed, support_size."
     )
     with pytest.raises(TypeError) as err:
         SemiNMF(3, momentum=True)
     assert str(err.value) == (
         "SemiNMF() got unexpected keyword argument(s) 'momentum'. Accepted extra keyword "
-        "arguments: batch_size, dtype, init, max_iter, seed."
+        "arguments: batch_size, distributed, dtype, init, max_iter, process_group, seed."
     )
 
 

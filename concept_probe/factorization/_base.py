@@ -26,8 +26,9 @@ from .._checks import (
     check_positive_int,
 )
 from .._torch_utils import make_generator, resolve_device, resolve_dtype
-from ..errors import ConvergenceWarning, CorruptFileError, NotFittedError
-from ._input import as_2d_tensor, check_finite
+from ..errors import ConvergenceWarning, CorruptFileError, DistributedError, NotFittedError
+from ._dist import LOCAL, Comm, resolve_comm
+from ._input import as_2d_tensor, check_finite, is_stored, stored_rows
 from ._kernels import GramFreeData
 from ._nnls import NNLSInfo, nnls_block
 from ._solvers import FitResult
@@ -48,6 +49,8 @@ _FIT_RECORD = (
     "n_features_in",
     "mixed_sign",
     "fit_time",
+    "row_range",
+    "n_ranks",
 )
 
 # Rows per block: enough to keep the matrix products efficient, small enough that a
@@ -82,7 +85,11 @@ class DictionaryEstimator(nn.Module):
         "dtype": None,
         "batch_size": None,
         "max_iter": None,
+        "distributed": None,
+        "process_group": None,
     }
+    #: extras that describe how a fit runs, not what it learned: never written to files
+    _RUNTIME_EXTRAS: ClassVar[tuple[str, ...]] = ("distributed", "process_group")
     #: accepted values of the ``init`` extra
     _INITS: ClassVar[tuple[str, ...]] = ("kmeans", "random")
     #: constructor arguments saved to and restored from files
@@ -230,31 +237,77 @@ class DictionaryEstimator(nn.Module):
             max_iter = DEFAULT_MAX_ITER if self.max_iter is None else self.max_iter
         return self._check_max_iter(max_iter)
 
-    def _prepare_fit_input(self, A, device, dtype) -> torch.Tensor:
-        A = as_2d_tensor(A, name="A", dtype=dtype, device=device)
+    def _prepare_fit_input(self, A, device, dtype, comm: Comm = LOCAL) -> torch.Tensor:
+        """Return this rank's rows: a tensor on ``device``, or a view of a saved file."""
+        if is_stored(A):
+            # Saved activations stay where they are (a memory map, any float dtype): the
+            # blocks are converted and moved to the device as the solver reads them.
+            A = stored_rows(A, comm.rank, comm.world)
+        else:
+            A = as_2d_tensor(A, name="A", dtype=dtype, device=device, allow_empty=comm.active)
         check_finite(A, "A")
-        if self.nb_concepts > A.shape[0]:
-            raise ValueError(
-                f"nb_concepts={self.nb_concepts} is larger than the number of samples "
-                f"n_samples={A.shape[0]} in A (shape {tuple(A.shape)}); each concept needs "
-                f"rows to be made of. Use nb_concepts <= {A.shape[0]}, or give more rows."
-            )
         return A
 
-    def _data(self, A) -> GramFreeData:
-        """Validate the arguments and ``A``; wrap ``A`` for the blockwise kernels."""
-        device, dtype = self._validate()
-        A = self._prepare_fit_input(A, device, dtype)
-        return GramFreeData(A, self._block_rows(A.shape[1], A.device))
+    def _fit_comm(self) -> Comm:
+        return resolve_comm(self.distributed, self.process_group)
+
+    def _data(self, A, comm: Comm | None = None) -> GramFreeData:
+        """Validate the arguments and ``A``; wrap ``A`` for the blockwise kernels.
+
+        In a data-parallel fit every rank checks its own rows, then the ranks agree: if any
+        refused its input, all stop (each with its own error, or a ``DistributedError``
+        naming the rank that refused) before anything is computed, so none is left waiting.
+        """
+        comm = self._fit_comm() if comm is None else comm
+        error: Exception | None = None
+        try:
+            device, dtype = self._validate()
+            A = self._prepare_fit_input(A, device, dtype, comm)
+        except (ValueError, TypeError, FileNotFoundError) as exc:
+            if not comm.active:
+                raise
+            error = exc
+        if comm.active:
+            refused = comm.gather_ints([error is not None], what="input check")[:, 0]
+            if error is not None:
+                raise error
+            if bool(refused.any()):
+                bad = ", ".join(str(r) for r in refused.nonzero().flatten().tolist())
+                raise DistributedError(
+                    f"rank(s) {bad} refused their input before the first iteration (see the "
+                    f"error on those ranks); rank {comm.rank} stops too."
+                )
+        if dtype is None:
+            dtype = torch.float64 if A.dtype == torch.float64 else torch.float32
+        X = GramFreeData(
+            A,
+            self._block_rows(A.shape[1], device),
+            comm=comm,
+            dtype=dtype,
+            device=device,
+            nb_concepts=int(self.nb_concepts),
+        )
+        if self.nb_concepts > X.n_total:
+            raise ValueError(
+                f"nb_concepts={self.nb_concepts} is larger than the number of samples "
+                f"n_samples={X.n_total} in A (shape {(X.n_total, X.d)}); each concept needs "
+                f"rows to be made of. Use nb_concepts <= {X.n_total}, or give more rows."
+            )
+        return X
 
     def _block_rows(self, n_features: int, device: torch.device) -> int:
         if self.batch_size is None:
             return _auto_block(n_features, device)
         return int(self.batch_size)
 
-    def _generator(self, device: torch.device) -> torch.Generator:
+    def _generator(self, device: torch.device, comm: Comm = LOCAL) -> torch.Generator:
         if self._gen is None or self._gen.device != device:
-            self._gen = make_generator(self.seed, device)
+            seed = self.seed
+            if seed is None and comm.active:
+                # Every rank must draw the same numbers: share rank 0's fresh seed.
+                fresh = int(torch.randint(0, 2**62, (1,), generator=make_generator(None, device)))
+                seed = int(comm.gather_ints([fresh], what="seed")[0, 0])
+            self._gen = make_generator(seed, device)
         return self._gen
 
     def _encode_l1(self) -> float:
@@ -276,7 +329,7 @@ class DictionaryEstimator(nn.Module):
         X = self._data(A)
         self._before_solve()
         self._gen = None  # one generator per fit, from the seed
-        res = self._solve(X, max_iter, self._generator(X.A.device))
+        res = self._solve(X, max_iter, self._generator(X.device, X.comm))
         self._record_fit(X, res, time.perf_counter() - t0)
         return res.Z, res.D
 
@@ -294,7 +347,9 @@ class DictionaryEstimator(nn.Module):
         self.loss_history_ = res.losses
         self.converged_ = res.converged
         self.mixed_sign_ = X.mixed
-        self.n_samples_fit_, self.n_features_in_ = X.n, X.d
+        self.n_samples_fit_, self.n_features_in_ = X.n_total, X.d
+        self.row_range_ = [X.offset, X.offset + X.n]  # this rank's columns of W
+        self.n_ranks_ = X.comm.world
         self.reconstruction_error_ = float(
             torch.sqrt(X.residual_norm2(res.Z, res.D) / X.norm2.clamp(min=1e-300))
         )
@@ -440,6 +495,8 @@ class DictionaryEstimator(nn.Module):
     def _config(self) -> dict[str, Any]:
         cfg = {key: getattr(self, key) for key in self._CONFIG_KEYS}
         for key in self._EXTRAS:
+            if key in self._RUNTIME_EXTRAS:
+                continue
             val = getattr(self, key)
             cfg[key] = str(val).replace("torch.", "") if isinstance(val, torch.dtype) else val
         cfg["device"] = str(self.device)

@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from ._dist import LOCAL, Comm
 from ._kernels import GramFreeData, Moments
 
 __all__ = [
@@ -25,24 +26,82 @@ __all__ = [
 _SMOOTHING = 0.2
 
 
-def random_z(n: int, k: int, *, generator, dtype, device) -> torch.Tensor:
+# Random starts are drawn in fixed chunks of global rows, each from its own generator seeded
+# from one draw of the fit's generator: a rank draws only the chunks its rows fall in (O(n_local
+# k) work and memory, whatever n is), and the rows it gets are the rows the one-process fit
+# draws, so a start does not depend on the number of ranks.
+_RANDOM_CHUNK = 65_536
+#: rows k-means seeds and iterates on (a uniform subsample of larger data)
+KMEANS_SAMPLE = 65_536
+
+
+def _chunked_uniform(
+    n: int, k: int, *, generator, device, offset: int = 0, n_total: int | None = None
+) -> torch.Tensor:
+    """Uniform(0, 1) float32 draws (n, k) for global rows ``offset .. offset + n``.
+
+    Row ``i`` (global) comes from chunk ``i // _RANDOM_CHUNK``, drawn by a generator seeded
+    with ``base + chunk`` where ``base`` is one draw of ``generator`` (consumed identically
+    on every rank).
+    """
+    n_total = offset + n if n_total is None else n_total
+    dev = torch.device(device)
+    base = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    out = torch.empty(n, k, dtype=torch.float32, device=dev)
+    if n == 0:
+        return out
+    g = torch.Generator(device=dev)
+    for c in range(offset // _RANDOM_CHUNK, (offset + n - 1) // _RANDOM_CHUNK + 1):
+        c0 = c * _RANDOM_CHUNK
+        rows = min(_RANDOM_CHUNK, n_total - c0)
+        g.manual_seed(base + c)
+        chunk = torch.rand(rows, k, generator=g, dtype=torch.float32, device=dev)
+        lo, hi = max(c0, offset), min(c0 + rows, offset + n)
+        out[lo - offset : hi - offset] = chunk[lo - c0 : hi - c0]
+    return out
+
+
+def random_z(
+    n: int,
+    k: int,
+    *,
+    generator,
+    dtype,
+    device,
+    offset: int = 0,
+    n_total: int | None = None,
+) -> torch.Tensor:
     """Uniform(0, 1) codes of shape (n, k), strictly positive (MU cannot revive a zero).
 
     Drawn in float32 whatever ``dtype`` is, so a seed gives the same start in float32 and
-    float64.
+    float64. In a data-parallel fit ``n`` is this rank's rows, starting at global row
+    ``offset`` of ``n_total``: the rows equal those of the one-process draw.
     """
-    Z = torch.rand(n, k, generator=generator, dtype=torch.float32, device=device)
+    Z = _chunked_uniform(n, k, generator=generator, device=device, offset=offset, n_total=n_total)
     return Z.clamp_(min=torch.finfo(torch.float32).eps).to(dtype)
 
 
-def random_w(n: int, k: int, *, generator, dtype, device) -> torch.Tensor:
+def random_w(
+    n: int,
+    k: int,
+    *,
+    generator,
+    dtype,
+    device,
+    offset: int = 0,
+    n_total: int | None = None,
+    comm: Comm = LOCAL,
+) -> torch.Tensor:
     """Uniform(0, 1) convex weights of shape (k, n), each row normalised to sum to one.
 
-    Drawn in float32 whatever ``dtype`` is (as :func:`random_z`).
+    Drawn in float32 whatever ``dtype`` is (as :func:`random_z`); the row sums run over
+    every rank's columns (``comm``).
     """
-    W = torch.rand(k, n, generator=generator, dtype=torch.float32, device=device)
-    W = W.clamp_(min=torch.finfo(torch.float32).eps).to(dtype)
-    return W.div_(W.sum(dim=1, keepdim=True))
+    Wt = _chunked_uniform(n, k, generator=generator, device=device, offset=offset, n_total=n_total)
+    Wt = Wt.clamp_(min=torch.finfo(torch.float32).eps).to(dtype)
+    total = Wt.sum(dim=0)
+    comm.sum_(total, what="random W row sums")
+    return Wt.div_(total).T
 
 
 def _sq_dists(
@@ -55,13 +114,69 @@ def _sq_dists(
 
 
 def _assign(X: GramFreeData, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest centre of every row of ``X`` (blockwise): labels (n,) and squared distances."""
+    """Nearest centre of every (local) row of ``X``, blockwise: labels (n,), squared distances."""
     c2 = C.square().sum(dim=1)
-    labels = torch.empty(X.n, dtype=torch.int64, device=X.A.device)
-    mind = torch.empty(X.n, dtype=X.A.dtype, device=X.A.device)
+    labels = torch.empty(X.n, dtype=torch.int64, device=X.device)
+    mind = torch.empty(X.n, dtype=X.dtype, device=X.device)
     for s, e, Ab, _ in X.blocks(need_abs=False):
         mind[s:e], labels[s:e] = _sq_dists(Ab, C, c2).min(dim=1)
     return labels, mind
+
+
+def _pick_rows(SA: torch.Tensor, offset: int, idx: torch.Tensor, comm: Comm) -> torch.Tensor:
+    """Rows ``idx`` (global indices, any rank) of the sharded matrix ``SA``, on every rank.
+
+    The rank that holds a row writes it, the others write zeros, and the sum over ranks is
+    the row itself (exactly: adding zeros rounds nothing).
+    """
+    out = torch.zeros(idx.numel(), SA.shape[1], dtype=SA.dtype, device=SA.device)
+    local = idx - offset
+    mine = (local >= 0) & (local < SA.shape[0])
+    out[mine] = SA[local[mine]]
+    comm.sum_(out, what="k-means: pick rows")
+    return out
+
+
+def _draw_by_weight(
+    w: torch.Tensor, offset: int, count: int, generator, comm: Comm
+) -> tuple[torch.Tensor, float]:
+    """Draw ``count`` global row indices with probability proportional to ``w`` (sharded).
+
+    Inverse-CDF sampling: the uniforms are drawn identically on every rank, each falls in
+    one rank's share of the total (float64 prefix sums over ranks) and that rank finds the
+    row by binary search in its local cumulative sum. Returns the indices and the total.
+    """
+    w64 = w.double()
+    shares = torch.zeros(comm.world, dtype=torch.float64, device=w.device)
+    shares[comm.rank] = w64.sum()
+    comm.sum_(shares, what="k-means++: weights")
+    prefix = torch.cat([shares.new_zeros(1), shares.cumsum(0)])
+    total = float(prefix[-1])
+    u = torch.rand(count, generator=generator, dtype=torch.float64, device=generator.device)
+    u = u.to(w.device) * total
+    owner = torch.searchsorted(prefix[1:], u, right=True).clamp_(max=comm.world - 1)
+    idx = torch.zeros(count, dtype=torch.int64, device=w.device)
+    mine = owner == comm.rank
+    if bool(mine.any()) and w.numel():
+        cum = w64.cumsum(0)
+        local = torch.searchsorted(cum, u[mine] - prefix[comm.rank], right=True)
+        idx[mine] = local.clamp_(max=w.numel() - 1) + offset
+    comm.sum_(idx, what="k-means++: draws")
+    return idx, total
+
+
+def _global_argmax(v: torch.Tensor, offset: int, comm: Comm) -> int:
+    """Global index of the largest entry of the sharded vector ``v`` (first one on ties)."""
+    packed = torch.zeros(comm.world, 3, dtype=torch.float64, device=v.device)
+    if v.numel():
+        j = int(v.argmax())  # first maximal entry of this rank
+        packed[comm.rank, 0] = 1.0
+        packed[comm.rank, 1] = float(v[j])
+        packed[comm.rank, 2] = float(j + offset)
+    comm.sum_(packed, what="k-means: farthest row")
+    vals = torch.where(packed[:, 0] > 0, packed[:, 1], -math.inf)
+    r = int(torch.nonzero(vals == vals.max())[0])  # the lowest rank holds the first row
+    return int(packed[r, 2])
 
 
 def kmeans(
@@ -70,14 +185,18 @@ def kmeans(
     *,
     generator: torch.Generator,
     max_iter: int = 30,
-    sample: int = 65_536,
+    sample: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means with k-means++ seeding, blockwise over rows.
+    """Lloyd's k-means with k-means++ seeding, blockwise over rows, sharded over ranks.
 
     Seeding and Lloyd's iterations run on a uniform subsample of at most ``sample`` rows
     (the centres of 65k rows are as good a start as those of millions, at a fraction of the
-    cost); every row is then assigned to its nearest centre in one pass. An emptied cluster
-    is re-seeded with the row farthest from its centre.
+    cost), taken in row order; every row is then assigned to its nearest centre in one pass.
+    An emptied cluster is re-seeded with the row farthest from its centre.
+
+    In a data-parallel fit (``X.comm``) each rank keeps its own rows of the subsample: the
+    draws are made identically on every rank, potentials and cluster sums are all-reduced,
+    and a chosen centre travels as one row. No rank gathers ``A``.
 
     Parameters
     ----------
@@ -89,63 +208,73 @@ def kmeans(
         Source of every random draw.
     max_iter : int
         Lloyd iterations at most; stops earlier when no label changes.
-    sample : int
-        Rows used for seeding and Lloyd's iterations.
+    sample : int, optional
+        Rows used for seeding and Lloyd's iterations (default :data:`KMEANS_SAMPLE`).
 
     Returns
     -------
     labels : Tensor of shape (n,)
-        Cluster of each row (int64).
+        Cluster of each (local) row (int64).
     centres : Tensor of shape (k, d)
     """
-    A = X.A
-    n, d = A.shape
-    dev, dt = A.device, A.dtype
+    comm = X.comm
+    sample = KMEANS_SAMPLE if sample is None else sample
+    n, d = X.n_total, X.d
+    dev, dt = X.device, X.dtype
     if n > sample:
-        idx = torch.randperm(n, generator=generator, device=dev)[:sample]
-        S = GramFreeData(A[idx], X.block, mixed=X.mixed)
+        idx = torch.randperm(n, generator=generator, device=generator.device)[:sample]
+        idx = idx.sort().values.to(dev) - X.offset
+        idx = idx[(idx >= 0) & (idx < X.n)]
+        SA = X.rows(idx)
     else:
-        S = X
-    m = S.n
+        SA = X.rows(slice(0, X.n))
+    S = GramFreeData(SA, X.block, mixed=X.mixed, comm=comm)
+    m, off = S.n_total, S.offset
     # Greedy k-means++ (Arthur & Vassilvitskii 2007, as in scikit-learn): draw a few
     # candidates in proportion to the squared distance and keep the one that lowers the
     # potential most. A single draw per centre lands in a poor local minimum far more often.
     # Distances to all candidates come from one product per step (|x|^2 - 2 x.c + |c|^2),
     # so seeding reads the sample once per centre and allocates only (m, n_local).
     n_local = 2 + int(math.log(k))
-    x2 = torch.linalg.vector_norm(S.A, dim=1).square_()
-    first = int(torch.randint(m, (1,), generator=generator, device=dev))
+    x2 = torch.linalg.vector_norm(SA, dim=1).square_()
+    first = torch.randint(m, (1,), generator=generator, device=generator.device).to(dev)
     C = torch.empty(k, d, dtype=dt, device=dev)
-    C[0] = S.A[first]
-    dist = _sq_dists(S.A, C[:1], x2[first : first + 1], a2=x2[:, None])[:, 0]
+    C[0] = _pick_rows(SA, off, first, comm)[0]
+    c2 = C[:1].square().sum(dim=1)
+    dist = _sq_dists(SA, C[:1], c2, a2=x2[:, None])[:, 0]
     for j in range(1, k):
-        total = dist.sum()
-        if float(total) <= 0:  # fewer distinct rows than clusters: pick any row
-            cand = torch.randint(m, (1,), generator=generator, device=dev)
-        else:
-            cand = torch.multinomial(dist / total, n_local, replacement=True, generator=generator)
-        new = torch.minimum(dist[:, None], _sq_dists(S.A, S.A[cand], x2[cand], a2=x2[:, None]))
-        best = int(new.sum(dim=0).argmin())
-        C[j] = S.A[cand[best]]
+        cand, total = _draw_by_weight(dist, off, n_local, generator, comm)
+        if total <= 0:  # fewer distinct rows than clusters: pick any row
+            cand = torch.randint(m, (1,), generator=generator, device=generator.device).to(dev)
+        rows = _pick_rows(SA, off, cand, comm)
+        new = torch.minimum(
+            dist[:, None], _sq_dists(SA, rows, rows.square().sum(dim=1), a2=x2[:, None])
+        )
+        potential = new.sum(dim=0)
+        comm.sum_(potential, what="k-means++: potential")
+        best = int(potential.argmin())
+        C[j] = rows[best]
         dist = new[:, best].contiguous()
 
-    labels = torch.full((m,), -1, dtype=torch.int64, device=dev)
+    labels = torch.full((S.n,), -1, dtype=torch.int64, device=dev)
     for _ in range(max_iter):
         new_labels, mind = _assign(S, C)
-        changed = int((new_labels != labels).sum())
+        changed = (new_labels != labels).sum().to(dt).reshape(1)
         labels = new_labels
         counts = torch.bincount(labels, minlength=k).to(dt)
-        sums = torch.zeros(k, d, dtype=dt, device=dev).index_add_(0, labels, S.A)
+        sums = torch.zeros(k, d, dtype=dt, device=dev).index_add_(0, labels, SA)
+        comm.sum_(counts, sums, changed, what="k-means: cluster sums")
         empty = (counts == 0).nonzero().flatten().tolist()
         for j in empty:  # re-seed with the worst-fitted row
-            far = int(mind.argmax())
-            sums[j] = S.A[far]
+            far = _global_argmax(mind, off, comm)
+            sums[j] = _pick_rows(SA, off, torch.tensor([far], device=dev), comm)[0]
             counts[j] = 1.0
-            mind[far] = 0
+            if 0 <= far - off < S.n:
+                mind[far - off] = 0
         C = sums / counts[:, None]
-        if changed == 0 and not empty:
+        if float(changed) == 0 and not empty:
             break
-    if S is not X:
+    if n > sample:
         labels, _ = _assign(X, C)
     return labels, C
 
@@ -167,15 +296,25 @@ def semi_nmf_start(
         Source of every random draw.
     """
     if init == "random":
-        return random_z(X.n, k, generator=generator, dtype=X.A.dtype, device=X.A.device)
+        return random_z(
+            X.n,
+            k,
+            generator=generator,
+            dtype=X.dtype,
+            device=X.device,
+            offset=X.offset,
+            n_total=X.n_total,
+        )
     if init != "kmeans":  # pragma: no cover - validated by the estimator
         raise ValueError(f"unknown Semi-NMF init {init!r}; use 'kmeans' or 'random'.")
     labels, _ = kmeans(X, k, generator=generator)
-    Z = torch.full((X.n, k), _SMOOTHING, dtype=X.A.dtype, device=X.A.device)
+    Z = torch.full((X.n, k), _SMOOTHING, dtype=X.dtype, device=X.device)
     return Z.scatter_add_(1, labels[:, None], torch.ones_like(Z[:, :1]))
 
 
-def convex_start_from_codes(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def convex_start_from_codes(
+    H: torch.Tensor, comm: Comm = LOCAL, n_total: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Ding et al.'s start from cluster memberships or Semi-NMF codes, at O(n k) cost.
 
     ``H`` (n, k) is non-negative (one-hot cluster indicators, or Semi-NMF codes); each
@@ -191,16 +330,27 @@ def convex_start_from_codes(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     floor by the column mean keeps the cluster at 1/1.2 of each atom's mass while leaving
     every weight strictly positive, which the multiplicative updates need.
 
+    In a data-parallel fit ``H`` holds this rank's rows of ``n_total``; the column maxima,
+    means and the row sums of ``W0`` run over every rank (``comm``).
+
     Returns
     -------
     Z0 : Tensor of shape (n, k)
     W0 : Tensor of shape (k, n)
     """
+    n_total = H.shape[0] if n_total is None else n_total
     tiny = torch.finfo(H.dtype).tiny
-    Hn = H / H.amax(dim=0, keepdim=True).clamp(min=tiny)
+    colmax = H.amax(dim=0) if H.shape[0] else H.new_zeros(H.shape[1])
+    comm.max_(colmax, what="start: column maxima")
+    Hn = H / colmax.clamp(min=tiny)
     Z0 = Hn + _SMOOTHING
-    W0 = (Hn + _SMOOTHING * Hn.mean(dim=0, keepdim=True).clamp(min=1.0 / H.shape[0])).T
-    W0 = W0 / W0.sum(dim=1, keepdim=True)
+    mean = Hn.sum(dim=0)
+    comm.sum_(mean, what="start: column means")
+    mean = (mean / n_total).clamp(min=1.0 / n_total)
+    W0 = (Hn + _SMOOTHING * mean).T
+    rowsum = W0.sum(dim=1, keepdim=True)
+    comm.sum_(rowsum, what="start: row sums of W")
+    W0 = W0 / rowsum
     return Z0, W0.contiguous()
 
 

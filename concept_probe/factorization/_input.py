@@ -6,7 +6,9 @@ a list of arrays, a generator). Everything here is plain tensor bookkeeping: no 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,6 +35,7 @@ def as_2d_tensor(
     name: str = "A",
     dtype: torch.dtype | None = None,
     device: torch.device | None = None,
+    allow_empty: bool = False,
 ) -> torch.Tensor:
     """Convert ``x`` to a 2-D floating tensor without copying when nothing needs to change.
 
@@ -47,6 +50,8 @@ def as_2d_tensor(
         float32.
     device : torch.device or None
         Target device; ``None`` keeps the input's device.
+    allow_empty : bool
+        Accept zero rows (a rank of a data-parallel fit may hold none).
 
     Returns
     -------
@@ -108,7 +113,7 @@ def as_2d_tensor(
             f"{name} must have 2 dimensions (n_samples, n_features); got shape "
             f"{tuple(t.shape)}.{hint}"
         )
-    if t.shape[0] == 0 or t.shape[1] == 0:
+    if (t.shape[0] == 0 and not allow_empty) or t.shape[1] == 0:
         raise ValueError(
             f"{name} is empty: shape {tuple(t.shape)}. It needs at least one row and one column."
         )
@@ -139,3 +144,66 @@ def check_finite(t: torch.Tensor, name: str = "A") -> None:
         f"Remove or impute those rows before fitting, e.g. "
         f"{name} = {name}[torch.isfinite({name}).all(dim=1)]."
     )
+
+
+def shard_range(n_rows: int, rank: int, world: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` that ``rank`` of ``world`` reads from an ``n_rows`` file.
+
+    Contiguous ranges whose sizes differ by at most one, in rank order, so the concatenation
+    over ranks is the file.
+    """
+    return rank * n_rows // world, (rank + 1) * n_rows // world
+
+
+def is_stored(x: object) -> bool:
+    """Tell whether ``x`` is saved activations rather than a matrix.
+
+    True for a path to an Activations folder, or an object (such as
+    :class:`~concept_probe.extraction.Activations`) holding a 2-D tensor ``A``.
+    """
+    if isinstance(x, os.PathLike):
+        return True
+    if isinstance(x, str):  # a string that names no folder is reported as a bad type
+        return Path(x).exists()
+    return not isinstance(x, (torch.Tensor, np.ndarray)) and isinstance(
+        getattr(x, "A", None), torch.Tensor
+    )
+
+
+def stored_rows(x: object, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """Return one rank's rows of saved activations, memory-mapped (nothing is read yet).
+
+    Parameters
+    ----------
+    x : str, PathLike or Activations
+        A folder written by ``Activations.save`` / ``extract_*(out=...)`` (``A`` is memory-
+        mapped in the dtype it was stored in, e.g. float16), or a loaded ``Activations``
+        (``Activations.load(path, mmap=True)`` keeps its ``A`` on disk).
+    rank, world : int
+        Which contiguous row range to return (:func:`shard_range`).
+
+    Returns
+    -------
+    Tensor of shape (n_rows_of_rank, n_features)
+        A view of the stored matrix: blocks are read from disk as the solver touches them.
+    """
+    if isinstance(x, (str, os.PathLike)):
+        from ..extraction._storage import read_directory
+
+        path = Path(x)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"No saved activations at {path}: give a folder written by Activations.save "
+                f"or extract_*(out=...), or a tensor."
+            )
+        _, arrays, _ = read_directory(path, mmap=True)
+        A = torch.from_numpy(arrays["A"])
+    else:
+        A = x.A  # type: ignore[attr-defined]
+    if A.ndim != 2 or not A.dtype.is_floating_point:
+        raise ValueError(
+            f"the stored A must be a 2-D floating matrix; got shape {tuple(A.shape)} and dtype "
+            f"{A.dtype}."
+        )
+    start, stop = shard_range(A.shape[0], rank, world)
+    return A[start:stop]

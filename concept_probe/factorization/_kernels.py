@@ -15,7 +15,13 @@ factors through ``A`` (O(n d k) time, O(n k + k d) extra memory):
   costs two products with ``A``-sized operands rather than four.
 
 Rows are processed in blocks of ``block`` rows; a mixed-sign block's ``|A|`` is computed on
-the fly, so the extra memory is one block, never a second copy of ``A``.
+the fly, so the extra memory is one block, never a second copy of ``A``. ``A`` may be stored
+in a narrower dtype than the maths (a float16 / bfloat16 memory map of a file on disk): each
+block is converted, and moved to the compute device, as it is read.
+
+Data-parallel fits: every sum over rows below goes through the :class:`~._dist.Comm` of the
+data (``X.comm``), which all-reduces it over the process group and does nothing with one
+process. ``X.n`` is this rank's row count and ``X.n_total`` the count over all ranks.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+
+from ._dist import LOCAL, Comm
 
 __all__ = [
     "GramFreeData",
@@ -67,29 +75,73 @@ class GramFreeData:
 
     Parameters
     ----------
-    A : Tensor of shape (n_samples, n_features)
-        Finite floating tensor; it is not copied.
+    A : Tensor of shape (n_rows, n_features)
+        Finite floating tensor (this rank's rows); it is not copied. It may be a memory map
+        and of a narrower dtype than ``dtype``.
     block : int
         Rows per block.
     mixed : bool or None
-        Whether ``A`` has negative entries; ``None`` checks (one pass over ``A``).
+        Whether ``A`` has negative entries (on any rank); ``None`` checks (one pass).
+    comm : Comm
+        The process group the rows are sharded over (:data:`~._dist.LOCAL`: one process).
+    dtype : torch.dtype, optional
+        Dtype of the maths (default: ``A``'s); blocks are converted as they are read.
+    device : torch.device, optional
+        Device of the maths (default: ``A``'s); blocks are moved as they are read.
+    nb_concepts : int
+        Checked to agree across ranks (0: not checked).
+
+    Attributes
+    ----------
+    n, d : int
+        This rank's rows and the number of features.
+    n_total, offset : int
+        Rows over all ranks, and the global index of this rank's first row.
+    norm2 : Tensor (0-d, float64)
+        ``||A||_F^2`` over all ranks.
     """
 
-    def __init__(self, A: torch.Tensor, block: int, mixed: bool | None = None):
+    def __init__(
+        self,
+        A: torch.Tensor,
+        block: int,
+        mixed: bool | None = None,
+        *,
+        comm: Comm = LOCAL,
+        dtype: torch.dtype | None = None,
+        device: torch.device | None = None,
+        nb_concepts: int = 0,
+    ):
         self.A = A
+        self.comm = comm
+        self.dtype = A.dtype if dtype is None else dtype
+        self.device = A.device if device is None else torch.device(device)
         self.n, self.d = A.shape
-        self.block = max(1, min(int(block), self.n))
+        self.n_total, self.offset = comm.check_shards(self.n, self.d, self.dtype, nb_concepts)
+        self.block = max(1, min(int(block), max(self.n, 1)))
         self._abs_buf: torch.Tensor | None = None
         self.mixed = False if mixed is None else mixed
-        norm2 = torch.zeros((), dtype=torch.float64, device=A.device)
-        negative = torch.zeros((), dtype=torch.bool, device=A.device)
+        norm2 = torch.zeros(1, dtype=torch.float64, device=self.device)
+        negative = torch.zeros(1, dtype=torch.float64, device=self.device)
         for _, _, Ab, _ in self.blocks(need_abs=False):
             norm2 += Ab.double().square().sum() if Ab.dtype != torch.float64 else Ab.square().sum()
             if mixed is None:
-                negative |= (Ab < 0).any()
+                negative = torch.maximum(negative, (Ab < 0).any().to(torch.float64))
+        comm.sum_(norm2, what="||A||^2")
         if mixed is None:
+            comm.max_(negative, what="sign of A")
             self.mixed = bool(negative)
-        self.norm2 = norm2  # ||A||_F^2 as a float64 0-d tensor (kept on the device)
+        self.norm2 = norm2[0]  # ||A||_F^2 as a float64 0-d tensor (kept on the device)
+
+    def _read(self, rows) -> torch.Tensor:
+        out = self.A[rows]
+        return out.to(device=self.device, dtype=self.dtype)
+
+    def rows(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """Local rows ``A[index]`` in the compute dtype, on the compute device."""
+        if isinstance(index, torch.Tensor):
+            index = index.to(self.A.device)
+        return self._read(index)
 
     def blocks(
         self, need_abs: bool = True
@@ -103,11 +155,11 @@ class GramFreeData:
         want_abs = need_abs and self.mixed
         if want_abs and self._abs_buf is None:
             self._abs_buf = torch.empty(
-                min(self.block, self.n), self.d, dtype=self.A.dtype, device=self.A.device
+                min(self.block, self.n), self.d, dtype=self.dtype, device=self.device
             )
         for s in range(0, self.n, self.block):
             e = min(s + self.block, self.n)
-            Ab = self.A[s:e]
+            Ab = self._read(slice(s, e))
             yield s, e, Ab, (torch.abs(Ab, out=self._abs_buf[: e - s]) if want_abs else None)
 
     # -- products that factor through A --------------------------------------------------
@@ -116,12 +168,13 @@ class GramFreeData:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return ``D = W A`` and (mixed-sign data, if asked) ``Dabs = W |A|``, each (k, d)."""
         k = Wt.shape[1]
-        D = torch.zeros(k, self.d, dtype=self.A.dtype, device=self.A.device)
+        D = torch.zeros(k, self.d, dtype=self.dtype, device=self.device)
         Dabs = torch.zeros_like(D) if (self.mixed and need_abs) else None
         for s, e, Ab, Aab in self.blocks(need_abs=Dabs is not None):
             D.addmm_(Wt[s:e].T, Ab)
             if Dabs is not None:
                 Dabs.addmm_(Wt[s:e].T, Aab)
+        self.comm.sum_(D, Dabs, what="D = W A")
         return D, Dabs
 
     def moments(self, Z: torch.Tensor, Wt: torch.Tensor) -> Moments:
@@ -133,18 +186,21 @@ class GramFreeData:
     def zt_moments(self, Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``Z^T A`` (k, d), ``Z^T Z`` (k, k) and the column sums of ``Z`` (k,)."""
         k = Z.shape[1]
-        ZtA = torch.zeros(k, self.d, dtype=self.A.dtype, device=self.A.device)
+        ZtA = torch.zeros(k, self.d, dtype=self.dtype, device=self.device)
         for s, e, Ab, _ in self.blocks(need_abs=False):
             ZtA.addmm_(Z[s:e].T, Ab)
-        return ZtA, Z.T @ Z, Z.sum(dim=0)
+        ZtZ, zsum = Z.T @ Z, Z.sum(dim=0)
+        self.comm.sum_(ZtA, ZtZ, zsum, what="Z^T A")
+        return ZtA, ZtZ, zsum
 
     def residual_norm2(self, Z: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
         """Exact ``||A - Z D||_F^2`` (float64 0-d tensor), one block at a time."""
-        out = torch.zeros((), dtype=torch.float64, device=self.A.device)
+        out = torch.zeros(1, dtype=torch.float64, device=self.device)
         for s, e, Ab, _ in self.blocks(need_abs=False):
             R = torch.addmm(Ab, Z[s:e], D, alpha=-1.0)
             out += R.square().sum(dtype=torch.float64)
-        return out
+        self.comm.sum_(out, what="||A - Z D||^2")
+        return out[0]
 
     def top_singular_value2(self, generator: torch.Generator, iters: int = 8) -> torch.Tensor:
         """Estimate ``||A||_2^2`` (the top eigenvalue of ``A^T A``) by subspace iteration.
@@ -152,21 +208,24 @@ class GramFreeData:
         A block of ``p = min(d, 16)`` vectors and ``iters`` iterations (two passes over ``A``
         each) give the top Ritz value, a lower bound that is accurate to a small fraction of
         a percent for any spectrum a data matrix has in practice; the caller adds a margin.
-        Never forms ``A A^T`` (n x n) nor ``A^T A`` (d x d needs O(n d^2) time).
+        Never forms ``A A^T`` (n x n) nor ``A^T A`` (d x d needs O(n d^2) time). The d x p
+        products are summed over ranks; the start ``V`` is drawn identically on every rank.
         """
         p = min(self.d, 16)
-        V = torch.randn(self.d, p, generator=generator, dtype=self.A.dtype, device=self.A.device)
+        V = torch.randn(self.d, p, generator=generator, dtype=self.dtype, device=self.device)
         V, _ = torch.linalg.qr(V)
         for _ in range(iters):
             AtAV = torch.zeros_like(V)
             for _, _, Ab, _ in self.blocks(need_abs=False):
                 AtAV.addmm_(Ab.T, Ab @ V)
+            self.comm.sum_(AtAV, what="A^T A V")
             V, _ = torch.linalg.qr(AtAV)
         # Rayleigh-Ritz on span(V): eigenvalues of V^T A^T A V.
-        H = torch.zeros(p, p, dtype=self.A.dtype, device=self.A.device)
+        H = torch.zeros(p, p, dtype=self.dtype, device=self.device)
         for _, _, Ab, _ in self.blocks(need_abs=False):
             AV = Ab @ V
             H.addmm_(AV.T, AV)
+        self.comm.sum_(H, what="V^T A^T A V")
         return torch.linalg.eigvalsh(0.5 * (H + H.T))[-1].clamp(min=0)
 
 
@@ -282,6 +341,7 @@ def mu_step(
             ZtAabs.addmm_(Zb.T, Aab)
         ZtZ.addmm_(Zb.T, Zb)
         zsum += Zb.sum(dim=0)
+    X.comm.sum_(ZtA, ZtAabs, ZtZ, zsum, what="mu: Z^T A, Z^T Z")
 
     # W half: columns of W (rows of Wt) are independent given Z^T A and Z^T Z.
     Dn = torch.zeros_like(D)
@@ -304,9 +364,12 @@ def mu_step(
         Dn.addmm_(Wb.T, Ab)
         if mixed:
             Dabsn.addmm_(Wb.T, Aab)
+    X.comm.sum_(Dn, Dabsn, what="mu: D = W A")
 
     if strict_convex:
-        scale = Wt.sum(dim=0).clamp_(min=torch.finfo(Wt.dtype).tiny)  # (k,)
+        scale = Wt.sum(dim=0)
+        X.comm.sum_(scale, what="mu: row sums of W")
+        scale.clamp_(min=torch.finfo(Wt.dtype).tiny)  # (k,)
         Wt.div_(scale)
         Z.mul_(scale)
         Dn.div_(scale[:, None])
@@ -342,21 +405,43 @@ def sym_top_eigenvalue(M: torch.Tensor, v: torch.Tensor, iters: int = 10) -> tor
     return (v @ (M @ v)).clamp(min=0)
 
 
-def project_columns_to_simplex(Wt: torch.Tensor) -> None:
+def project_columns_to_simplex(Wt: torch.Tensor, comm: Comm = LOCAL) -> int:
     """Project each column of ``Wt`` (each row of ``W``) onto the probability simplex, in place.
 
-    Euclidean projection by sorting (Held, Wolfe & Crowder 1974; Duchi et al. 2008):
-    ``w = max(v - tau, 0)`` with the threshold ``tau`` that makes the column sum to one.
+    ``w = max(v - tau, 0)`` with the threshold ``tau`` that makes the column sum to one,
+    found by Michelot's (1986) fixed point: start from ``tau = (sum(v) - 1) / n`` and repeat
+    ``tau <- (sum_{v > tau} v - 1) / #{v > tau}``. ``tau`` only grows and the support only
+    shrinks, so the loop ends, exactly, once no column's support changes (a handful of passes
+    in practice, at most n). Each pass needs two sums per column over the rows and no sort,
+    so it shards by rows: ``comm`` sums them over the ranks that hold the other rows. The sums
+    are taken in float64 (counts stay exact to 2**53 rows).
+
+    Returns
+    -------
+    int
+        Passes over ``Wt`` used.
     """
-    n = Wt.shape[0]
-    u, _ = torch.sort(Wt, dim=0, descending=True)
-    css = u.cumsum(dim=0).sub_(1.0)
-    j = torch.arange(1, n + 1, dtype=Wt.dtype, device=Wt.device)[:, None]
-    cond = (u - css / j) > 0  # holds for a prefix of each sorted column
-    del u
-    rho = cond.sum(dim=0, keepdim=True).clamp_(min=1) - 1  # last index where cond holds
-    tau = css.gather(0, rho) / (rho + 1).to(Wt.dtype)
-    Wt.sub_(tau).clamp_(min=0)
+    n_local, k = Wt.shape
+    sums = torch.zeros(2, k, dtype=torch.float64, device=Wt.device)
+    sums[0] = Wt.sum(dim=0, dtype=torch.float64)
+    sums[1] = n_local
+    comm.sum_(sums, what="simplex projection")
+    count = sums[1].clone()
+    tau = (sums[0] - 1.0) / count
+    passes = 0
+    while True:
+        passes += 1
+        above = Wt > tau.to(Wt.dtype)
+        sums[0] = torch.where(above, Wt, 0).sum(dim=0, dtype=torch.float64)
+        sums[1] = above.sum(dim=0)
+        comm.sum_(sums, what="simplex projection")
+        new_count = sums[1].clamp(min=1.0)
+        tau = (sums[0] - 1.0) / new_count
+        if bool((new_count == count).all()):
+            break
+        count = new_count.clone()
+    Wt.sub_(tau.to(Wt.dtype)).clamp_(min=0)
+    return passes
 
 
 def project_columns_to_sparse_simplex(Wt: torch.Tensor, s: int) -> None:
@@ -456,6 +541,7 @@ def pgd_step(
         ZtA.addmm_(Zb.T, Ab)
         ZtZ.addmm_(Zb.T, Zb)
         zsum += Zb.sum(dim=0)
+    X.comm.sum_(ZtA, ZtZ, zsum, what="pgd: Z^T A, Z^T Z")
 
     Lw = sym_top_eigenvalue(ZtZ, vw).mul_(a2 * margin).clamp_(min=torch.finfo(dt).tiny)
     if beta is not None:
@@ -481,6 +567,8 @@ def pgd_step(
         if support_size is not None:
             project_columns_to_sparse_simplex(Wt, support_size)
         else:
-            project_columns_to_simplex(Wt)
+            project_columns_to_simplex(Wt, X.comm)
         Dn, _ = X.wa(Wt, need_abs=False)
+    else:
+        X.comm.sum_(Dn, what="pgd: D = W A")
     return Moments(ZtA=ZtA, ZtZ=ZtZ, zsum=zsum, D=Dn, Dabs=None)

@@ -169,7 +169,7 @@ def convex_nmf_solve(
     it = 0
     try:
         if solver == "mu":
-            eps = mu_eps(X.norm2, X.n, X.d, dt)
+            eps = mu_eps(X.norm2, X.n_total, X.d, dt)
             B = torch.empty(n, k, dtype=dt, device=dev)
             Babs = torch.empty_like(B) if X.mixed else None
             for it in range(1, max_iter + 1):
@@ -261,7 +261,7 @@ def semi_nmf_solve(
     """
     k = Z.shape[1]
     dt, dev = Z.dtype, Z.device
-    eps = mu_eps(X.norm2, X.n, X.d, dt)
+    eps = mu_eps(X.norm2, X.n_total, X.d, dt)
     eye = torch.eye(k, dtype=dt, device=dev)
 
     def solve_f(ZtA: torch.Tensor, ZtZ: torch.Tensor) -> torch.Tensor:
@@ -294,6 +294,7 @@ def semi_nmf_solve(
                 Zb.mul_(num.div_(den).sqrt_())
                 ZtA.addmm_(Zb.T, Ab)
             ZtZ = Z.T @ Z
+            X.comm.sum_(ZtA, ZtZ, what="semi-nmf: Z^T A, Z^T Z")
             F = solve_f(ZtA, ZtZ)
             if stop.push(loss_of(ZtA, ZtZ, F)):
                 converged = True

@@ -96,6 +96,16 @@ class ConvexNMF(DictionaryEstimator):
         Compatibility extra for code ported from overcomplete, whose constructor takes
         ``max_iter``: it becomes the default of :meth:`fit`'s ``max_iter`` (an explicit
         ``fit(A, max_iter=...)`` still wins). ``None`` leaves that default at 500.
+    distributed : bool or None, default=None
+        Data-parallel fit over a ``torch.distributed`` process group (launch with
+        ``torchrun``): each rank passes its own rows, the k x d and k x k row sums are
+        all-reduced, and the result equals the one-process fit of the concatenated rows.
+        ``None`` turns it on when a ``process_group`` is given or the default group is
+        initialised with more than one rank; ``False`` fits each process's rows alone.
+        ``Z`` and ``W`` then hold this rank's rows (columns), ``row_range_`` says which;
+        ``D`` is the same on every rank. See the guide "Many machines and data on disk".
+    process_group : ProcessGroup or None, default=None
+        The group to reduce over (``None``: the default group). Neither extra is saved.
 
     Attributes
     ----------
@@ -220,9 +230,11 @@ class ConvexNMF(DictionaryEstimator):
         return random_z(
             X.n,
             self.nb_concepts,
-            generator=self._generator(X.A.device),
-            dtype=X.A.dtype,
-            device=X.A.device,
+            generator=self._generator(X.device, X.comm),
+            dtype=X.dtype,
+            device=X.device,
+            offset=X.offset,
+            n_total=X.n_total,
         )
 
     def init_random_w(self, A) -> torch.Tensor:
@@ -240,9 +252,12 @@ class ConvexNMF(DictionaryEstimator):
         return random_w(
             X.n,
             self.nb_concepts,
-            generator=self._generator(X.A.device),
-            dtype=X.A.dtype,
-            device=X.A.device,
+            generator=self._generator(X.device, X.comm),
+            dtype=X.dtype,
+            device=X.device,
+            offset=X.offset,
+            n_total=X.n_total,
+            comm=X.comm,
         )
 
     def init_kmeans(self, A) -> tuple[torch.Tensor, torch.Tensor]:
@@ -281,22 +296,22 @@ class ConvexNMF(DictionaryEstimator):
         return self._init_semi_nmf(self._data(A), max_snmf_iters)
 
     def _init_kmeans(self, X: GramFreeData) -> tuple[torch.Tensor, torch.Tensor]:
-        labels, _ = kmeans(X, self.nb_concepts, generator=self._generator(X.A.device))
-        H = torch.zeros(X.n, self.nb_concepts, dtype=X.A.dtype, device=X.A.device)
+        labels, _ = kmeans(X, self.nb_concepts, generator=self._generator(X.device, X.comm))
+        H = torch.zeros(X.n, self.nb_concepts, dtype=X.dtype, device=X.device)
         H.scatter_(1, labels[:, None], 1.0)
-        return convex_start_from_codes(H)
+        return convex_start_from_codes(H, X.comm, X.n_total)
 
     def _init_semi_nmf(self, X: GramFreeData, max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
         res = semi_nmf(
             X,
             self.nb_concepts,
             init="kmeans",
-            generator=self._generator(X.A.device),
+            generator=self._generator(X.device, X.comm),
             max_iter=max_iter,
             tol=float(self.tol),
             warn=False,
         )
-        return convex_start_from_codes(res.Z)
+        return convex_start_from_codes(res.Z, X.comm, X.n_total)
 
     # -------------------------------------------------------------------- fit
     def fit(self, A, max_iter: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -304,9 +319,12 @@ class ConvexNMF(DictionaryEstimator):
 
         Parameters
         ----------
-        A : Tensor, ndarray, DataLoader or iterable of batches
+        A : Tensor, ndarray, DataLoader, iterable of batches, Activations or path
             Activations of shape (n_samples, n_features), finite, any sign. Iterables are
-            concatenated.
+            concatenated. A saved Activations folder (its path, or the object loaded with
+            ``Activations.load(path, mmap=True)``) is read block by block from disk, in the
+            dtype it was stored in, so ``A`` never has to be resident; in a distributed fit
+            each rank reads its own contiguous row range of it.
         max_iter : int, optional
             Iterations at most (fewer if the ``tol`` test fires). Defaults to 500, or to the
             constructor's ``max_iter`` extra when one was given.
@@ -329,10 +347,16 @@ class ConvexNMF(DictionaryEstimator):
 
     def _solve(self, X: GramFreeData, max_iter: int, generator: torch.Generator) -> FitResult:
         k = self.nb_concepts
-        kw = {"generator": generator, "dtype": X.A.dtype, "device": X.A.device}
+        kw = {
+            "generator": generator,
+            "dtype": X.dtype,
+            "device": X.device,
+            "offset": X.offset,
+            "n_total": X.n_total,
+        }
         if self.init == "random":
             Z = random_z(X.n, k, **kw)
-            W = random_w(X.n, k, **kw)
+            W = random_w(X.n, k, comm=X.comm, **kw)
         elif self.init == "kmeans":
             Z, W = self._init_kmeans(X)
         else:
@@ -340,6 +364,12 @@ class ConvexNMF(DictionaryEstimator):
         Wt = W.T.contiguous()
         del W
         if self.support_size is not None:
+            if X.comm.active:
+                raise ValueError(
+                    "support_size is not available in a distributed fit yet (its top-s "
+                    "projection would need a global selection per concept); fit without it, "
+                    "or on one process."
+                )
             if self.support_size > X.n:
                 raise ValueError(
                     f"support_size={self.support_size} exceeds the {X.n} rows of A: a concept "

@@ -33,8 +33,9 @@ class SemiNMF(DictionaryEstimator):
         Documented extras only: ``init`` ({'kmeans', 'random'}, default 'kmeans'),
         ``seed`` (int or None), ``dtype`` (float32/float64 or None), ``batch_size`` (rows
         per block or None), ``max_iter`` (int or None: the default of ``fit``'s
-        ``max_iter``, a compatibility extra for code ported from overcomplete). Anything
-        else raises ``TypeError``.
+        ``max_iter``, a compatibility extra for code ported from overcomplete),
+        ``distributed`` and ``process_group`` (data-parallel fit, as for
+        :class:`ConvexNMF`). Anything else raises ``TypeError``.
 
     Attributes
     ----------

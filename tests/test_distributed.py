@@ -1,0 +1,174 @@
+"""Data-parallel fits on real Gloo process groups (2 and 3 processes on 127.0.0.1).
+
+Each group is a set of ``tests/_dist_worker.py`` processes started here; every group runs many
+cases in one process group (torch's import dominates the cost), all groups at once. The
+concatenation of the ranks' ``Z`` and ``W`` columns, and every rank's ``D`` and loss history,
+must equal the one-process fit of the concatenated rows with the same seed.
+
+Tolerance (stated in docs/guides/distributed.md): float64 fits agree to 1e-10 relative (the
+ranks only change the order of the row sums, about 1e-15, and 30 iterations do not amplify it
+beyond 1e-12); float32 to 1e-4.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from _dist_worker import CASES, SPLITS, K, fit_case, make_data
+
+from concept_probe import Activations, ConvexNMF
+from concept_probe.errors import DistributedError
+
+WORKER = Path(__file__).parent / "_dist_worker.py"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(scenario: str, world: int, out: Path, **env) -> list[subprocess.Popen]:
+    out.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    environ = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        **env,
+    }
+    return [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), scenario, str(r), str(world), str(port), str(out)],
+            env=environ,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for r in range(world)
+    ]
+
+
+def _wait(procs: list[subprocess.Popen], timeout: float = 240) -> list[tuple[int, str]]:
+    res = []
+    for p in procs:
+        try:
+            text, _ = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            text, _ = p.communicate()
+        res.append((p.returncode, text.decode(errors="replace")))
+    return res
+
+
+@pytest.fixture(scope="module")
+def groups(tmp_path_factory):
+    """Start every process group at once; return their outputs per scenario."""
+    root = tmp_path_factory.mktemp("dist")
+    acts = root / "acts.cp"
+    A = make_data("nonneg").float()
+    Activations(A, torch.arange(A.shape[0]), kind="pooled").save(acts)
+    launched = {
+        "equal-2": _launch("equal", 2, root / "equal-2"),
+        "equal-3": _launch("equal", 3, root / "equal-3", CP_TEST_ACTS=str(acts)),
+        "dies": _launch("dies", 2, root / "dies", CP_TEST_TIMEOUT="30"),
+        "hangs": _launch("hangs", 2, root / "hangs", CP_TEST_TIMEOUT="4"),
+    }
+    done = {name: _wait(procs) for name, procs in launched.items()}
+    return root, done, A
+
+
+def _results(groups, name: str, world: int) -> list[dict]:
+    root, done, _ = groups
+    for code, text in done[name]:
+        assert code in (0, 17), text[-3000:]
+    return [torch.load(root / name / f"rank{r}.pt") for r in range(world)]
+
+
+def _close(got, want, dtype):
+    tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-6}
+    torch.testing.assert_close(got, want, **tol)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_give_the_one_process_fit(groups, world):
+    parts = _results(groups, f"equal-{world}", world)
+    assert SPLITS[3][0] == 0  # the 3-rank layout includes a rank with no rows
+    for case in CASES:
+        ref = fit_case(case, make_data(case[3]))
+        got = [p[case[0]] for p in parts]
+        dtype = ref["Z"].dtype
+        _close(torch.cat([g["Z"] for g in got]), ref["Z"], dtype)
+        _close(torch.cat([g["W"] for g in got], dim=1), ref["W"], dtype)
+        for g in got:  # D and the loss history are replicated, bitwise the same on every rank
+            assert torch.equal(g["D"], got[0]["D"]) and torch.equal(g["losses"], got[0]["losses"])
+            assert g["n_samples"] == ref["n_samples"]
+        _close(got[0]["D"], ref["D"], dtype)
+        _close(got[0]["losses"], ref["losses"], torch.float64 if dtype == torch.float64 else dtype)
+        assert [g["row_range"] for g in got] == [
+            [sum(SPLITS[world][:r]), sum(SPLITS[world][: r + 1])] for r in range(world)
+        ]
+
+
+def test_ranks_fit_straight_from_a_saved_activations_folder(groups):
+    parts = _results(groups, "equal-3", 3)
+    _, _, A = groups
+    ref = fit_case(CASES[0], A)
+    _close(torch.cat([p["from-disk"]["Z"] for p in parts]), ref["Z"], torch.float32)
+    _close(parts[0]["from-disk"]["D"], ref["D"], torch.float32)
+    # Each rank read its own contiguous range of the file (sizes differ by at most one).
+    assert [p["from-disk"]["row_range"] for p in parts] == [[0, 66], [66, 133], [133, 200]]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_mismatched_ranks_are_refused_before_the_first_iteration(groups, world):
+    parts = _results(groups, f"equal-{world}", world)
+    for r, p in enumerate(parts):
+        assert p["refuse-n_features"].startswith("ValueError: the ranks disagree on n_features")
+        assert p["refuse-dtype"].startswith("ValueError: the ranks disagree on dtype")
+        if r == world - 1:
+            assert p["refuse-nan"].startswith("ValueError: A contains")
+        else:
+            assert p["refuse-nan"] == (
+                f"DistributedError: rank(s) {world - 1} refused their input before the first "
+                f"iteration (see the error on those ranks); rank {r} stops too."
+            )
+
+
+@pytest.mark.parametrize("scenario", ["dies", "hangs"])
+def test_a_dead_or_hung_rank_ends_the_others_with_a_clear_error(groups, scenario):
+    root, done, _ = groups
+    (code0, text0), (code1, _) = done[scenario]
+    assert code0 == 0, text0[-3000:]
+    if scenario == "dies":
+        assert code1 == 17  # killed itself mid-fit
+    out = torch.load(root / scenario / "rank0.pt")["outcome"]
+    assert out.startswith("DistributedError: rank 0 of 2: the collective"), out
+    assert "nothing was written" in out
+    assert not (root / scenario / "rank1.pt").exists()
+
+
+def test_fit_from_a_saved_folder_equals_the_in_memory_fit(tmp_path):
+    A = make_data("mixed").float()
+    acts = Activations(A, torch.arange(A.shape[0]), kind="pooled")
+    path = acts.save(tmp_path / "acts.cp")
+    ref = ConvexNMF(K, solver="pgd", seed=0, tol=0, batch_size=64)
+    Zr, Dr = ref.fit(A, max_iter=20)
+    for source in (path, str(path), Activations.load(path, mmap=True)):
+        nmf = ConvexNMF(K, solver="pgd", seed=0, tol=0, batch_size=64)
+        Z, D = nmf.fit(source, max_iter=20)
+        assert torch.equal(Z, Zr) and torch.equal(D, Dr) and torch.equal(nmf.W, ref.W)
+        assert nmf.loss_history_ == ref.loss_history_
+
+
+def test_distributed_true_without_a_process_group_says_how_to_start_one():
+    with pytest.raises(DistributedError, match=r"no torch\.distributed process group"):
+        ConvexNMF(2, distributed=True).fit(torch.rand(10, 3))
+    with pytest.raises(TypeError, match="distributed must be True, False or None"):
+        ConvexNMF(2, distributed="yes").fit(torch.rand(10, 3))
