@@ -294,7 +294,9 @@ def test_report_without_images_lists_the_rankings(tmp_path):
     nmf, Z = _fit(acts, k=2)
     out = cp.write_report(nmf, acts, Z, tmp_path / "rep", k=3)
     index = (out / "index.html").read_text()
-    assert "hold no input images" in index and "img0.png" in index
+    assert "hold no input images" in index
+    # The rankings name the inputs (which ones depends on the fit's random start).
+    assert any(f"img{i}.png" in index for i in range(base.n_samples))
     assert sorted(p.name for p in out.glob("*.png")) == ["overview.png"]
     assert json.loads((out / "summary.json").read_text())["title"] == "concept_probe report"
 
