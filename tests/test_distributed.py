@@ -167,6 +167,23 @@ def test_fit_from_a_saved_folder_equals_the_in_memory_fit(tmp_path):
         assert nmf.loss_history_ == ref.loss_history_
 
 
+def test_fit_from_float16_storage_does_float32_maths(tmp_path):
+    A = make_data("nonneg").float()
+    path = Activations(A, torch.arange(A.shape[0]), kind="pooled").save(
+        tmp_path / "acts16.cp", a_dtype="float16"
+    )
+    assert (path / "A.npy").stat().st_size < A.numel() * 2 + 1024  # half the float32 file
+    nmf = ConvexNMF(K, solver="mu", seed=0, tol=0, batch_size=50)
+    Z, D = nmf.fit(path, max_iter=10)
+    ref = ConvexNMF(K, solver="mu", seed=0, tol=0, batch_size=50)
+    Zr, Dr = ref.fit(A.half().float(), max_iter=10)
+    assert Z.dtype == D.dtype == torch.float32
+    assert torch.equal(Z, Zr) and torch.equal(D, Dr)
+    assert Activations.load(path).A.dtype == torch.float32
+    with pytest.raises(ValueError, match="a_dtype must be 'float32' or 'float16'"):
+        Activations(A, torch.arange(A.shape[0]), kind="pooled").save(tmp_path / "x", "bfloat16")
+
+
 def test_distributed_true_without_a_process_group_says_how_to_start_one():
     with pytest.raises(DistributedError, match=r"no torch\.distributed process group"):
         ConvexNMF(2, distributed=True).fit(torch.rand(10, 3))
