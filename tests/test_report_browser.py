@@ -112,3 +112,32 @@ def test_report_loads_every_image_without_errors_and_sorts(tmp_path):
     # their box.
     phone = _render(out / "index.html", tmp_path, width=375)
     assert phone["errors"] == [] and phone["overflow"] <= 0
+
+
+def test_text_report_loads_without_errors(tmp_path):
+    texts = ["The cat sat on the mat.", "A dog barked at the cat.", "Rain fell all day."]
+    tokens, spans, sample, pos = [], [], [], []
+    for i, t in enumerate(texts):
+        start = 0
+        for j, word in enumerate(t.replace(".", " .").split()):
+            start = t.index(word, start)
+            tokens.append(word)
+            spans.append([start, start + len(word)])
+            sample.append(i)
+            pos.append(j)
+            start += len(word)
+    acts = Activations(
+        torch.rand(len(tokens), 5, generator=torch.Generator().manual_seed(0)),
+        torch.tensor(sample),
+        torch.tensor(pos),
+        kind="text",
+        tokens=tokens,
+        char_spans=torch.tensor(spans),
+        texts=texts,
+    )
+    nmf = cp.ConvexNMF(2, solver="pgd", seed=0, tol=0)
+    Z, _ = nmf.fit(acts.A, max_iter=20)
+    out = cp.write_report(nmf, acts, Z, tmp_path / "rep", k=2)
+    result = _render(out / "index.html", tmp_path, width=375)
+    assert result["errors"] == [] and result["overflow"] <= 0
+    assert [src for src, width in result["images"] if width == 0] == []
