@@ -888,9 +888,11 @@ def _explanation(args, acts, nmf, Z):
     if args.no_explain or (not args.explain and not demo):
         return None
     _positive("--explain-inputs", args.explain_inputs)
+    from ._torch_utils import resolve_device
     from .explain import ConceptExplainer, explain_classes
 
     model, inputs, tokenizer, samples_of, is_demo = _explain_inputs(args, acts)
+    model = model.to(resolve_device(args.device))  # the explainer runs it where it is
     ex = ConceptExplainer(
         model,
         nmf,

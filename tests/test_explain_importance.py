@@ -191,3 +191,10 @@ def test_faithfulness_accuracy_reads_the_activation_labels_of_the_samples_asked_
     # labels given per input asked for are used as given
     f = ex.faithfulness(samples=[5, 4], labels=pred[[5, 4]])
     assert f.accuracy_model == 1.0
+
+
+def test_a_model_on_another_device_than_the_explainer_is_refused():
+    ex, _ = linear_case()
+    elsewhere = nn.Sequential(nn.Identity(), nn.Linear(6, 3, device="meta")).eval()
+    with pytest.raises(ValueError, match=r"weights on meta but the explainer runs on cpu .*"):
+        ConceptExplainer(elsewhere, ex.D, ex.acts, ex.Z, inputs=ex._inputs.x, progress=False)

@@ -119,11 +119,12 @@ def concept_attribution_map(
     code_map = F.interpolate(heat, size=(H, W), mode="bilinear", align_corners=False)[0, 0]
     D = ex.D.float()
     if method == "gradient":
-        pinv = torch.linalg.pinv(D)  # (d, k)
-        xg = x.to(ex.device).clone().requires_grad_(True)
         modes = {m: m.training for m in ex.model.modules()}
         try:
-            with torch.enable_grad():
+            # inference_mode(False) too: under a caller's inference_mode no graph is built
+            with torch.inference_mode(False), torch.enable_grad():
+                xg = x.to(ex.device).clone().requires_grad_(True)
+                pinv = torch.linalg.pinv(D.clone())  # (d, k)
                 grabbed = {}
 
                 def grab(module, inputs, output):

@@ -320,6 +320,7 @@ class ConceptExplainer:
         Inputs per forward pass (perturbed copies of one input count one each).
     device : str or torch.device, optional
         Where the model runs; by default the device of the dictionary (the fit's device).
+        The model must already be there (``model.to(device)``): it is not moved.
     progress : bool, default=True
         Show a progress bar (tqdm).
     tail : 'auto', None or callable, default='auto'
@@ -407,6 +408,7 @@ class ConceptExplainer:
         self.batch_size = batch_size
         self.progress = bool(progress)
         self.device = resolve_device(device) if device is not None else D.device
+        _refuse_other_device(model, self.device)
         self.D = D.to(self.device, torch.float32)
         self.k = int(D.shape[0])
         if Z is None:
@@ -844,6 +846,17 @@ def _sequential_tail(model: nn.Module, layer: str) -> list[tuple[str, nn.Module]
 
 def _targets_of(targets: Sequence[Target], n: int, output: Any) -> torch.Tensor:
     return evaluate_targets(targets, output, n)
+
+
+def _refuse_other_device(model: nn.Module, device: torch.device) -> None:
+    """Refuse a model whose weights are not where the inputs will be sent."""
+    for t in (*model.parameters(), *model.buffers()):
+        if t.device != device:
+            raise ValueError(
+                f"{type(model).__name__} has weights on {t.device} but the explainer runs on "
+                f"{device} (its device=, by default the fit's device): move the model with "
+                f"model.to({str(device)!r}) or pass device={str(t.device)!r}."
+            )
 
 
 def _refuse_training(model: nn.Module) -> None:
