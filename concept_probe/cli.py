@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -431,12 +432,12 @@ def _extract(args, out: Path | None = None):
     return acts
 
 
-def _fit(args, acts, nmf):
+def _fit(args, acts, nmf, source=None):
     from .errors import ConvergenceWarning, UnscaledL1Warning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        Z, _ = nmf.fit(acts.A)
+        Z, _ = nmf.fit(acts.A if source is None else source)
     for w in caught:
         if issubclass(w.category, ConvergenceWarning):
             print(
@@ -575,9 +576,60 @@ def _load_acts(path: Path):
     return Activations.load(path)
 
 
+def _torchrun_world() -> int:
+    """Number of processes ``torchrun`` started (1 when not launched by it)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def _cmd_fit_distributed(args, nmf, t0: float) -> int:
+    """``torchrun --nproc_per_node N -m concept_probe fit acts.cp --out fit/``.
+
+    Every rank reads its own row range of the activations file and takes part in one
+    data-parallel fit; rank 0 gathers ``Z`` and ``W``'s columns and writes the fit folder
+    (atomically, after every rank finished), so ``report`` reads it like any other fit.
+    """
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from .extraction import Activations
+    from .factorization._dist import Comm
+
+    if not args.activations.exists():
+        raise UsageError(
+            f"{args.activations}: no such activations file (write one with "
+            f"'concept-probe extract')."
+        )
+    backend = "nccl" if str(nmf.device).startswith("cuda") else "gloo"
+    seconds = float(os.environ.get("CONCEPT_PROBE_DIST_TIMEOUT", "600"))
+    dist.init_process_group(backend, timeout=timedelta(seconds=seconds))
+    try:
+        nmf.distributed = True
+        nmf, Z = _fit(args, None, nmf, source=args.activations)
+        comm = Comm(None, active=True)
+        Z_all = comm.gather_rows(Z.to(nmf.D.device), what="gather Z")
+        W_all = comm.gather_rows(nmf.W.T.contiguous(), what="gather W").T.contiguous()
+        if comm.rank == 0:
+            nmf.W = W_all
+            nmf.row_range_ = [0, int(W_all.shape[1])]
+            acts = Activations.load(args.activations, mmap=True)
+            _save_fit(nmf, Z_all.cpu(), acts, args.out)
+            _print_done(acts, nmf, t0)
+            print(f"Saved the fit to {args.out} ({comm.world} ranks)")
+        comm.barrier(what="fit folder written")
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
 def _cmd_fit(args) -> int:
     t0 = time.perf_counter()
     nmf = _estimator(args)
+    if _torchrun_world() > 1:
+        return _cmd_fit_distributed(args, nmf, t0)
     acts = _load_acts(args.activations)
     nmf, Z = _fit(args, acts, nmf)
     _save_fit(nmf, Z, acts, args.out)

@@ -189,3 +189,29 @@ def test_distributed_true_without_a_process_group_says_how_to_start_one():
         ConvexNMF(2, distributed=True).fit(torch.rand(10, 3))
     with pytest.raises(TypeError, match="distributed must be True, False or None"):
         ConvexNMF(2, distributed="yes").fit(torch.rand(10, 3))
+
+
+def test_torchrun_fit_writes_a_fit_folder_that_equals_the_one_process_fit(tmp_path):
+    from concept_probe import load_fit
+    from concept_probe.cli import main
+
+    A = make_data("nonneg").float()
+    acts_path = Activations(A, torch.arange(A.shape[0]), kind="pooled").save(tmp_path / "a.cp")
+    opts = ["--concepts", str(K), "--solver", "mu", "--seed", "0", "--max-iter", "20"]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    torchrun += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    cmd = [*torchrun, "-m", "concept_probe", "fit", str(acts_path), "--out", str(tmp_path / "f2")]
+    done = subprocess.run([*cmd, *opts], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "(2 ranks)" in done.stdout
+    assert main(["fit", str(acts_path), "--out", str(tmp_path / "f1"), *opts]) == 0
+    acts = Activations.load(acts_path)
+    two, one = load_fit(tmp_path / "f2", acts), load_fit(tmp_path / "f1", acts)
+    torch.testing.assert_close(two.Z, one.Z, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(two.estimator.W, one.estimator.W, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(two.estimator.D, one.estimator.D, rtol=1e-4, atol=1e-6)
