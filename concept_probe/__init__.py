@@ -70,7 +70,7 @@ from .extraction import (
     load_vision_model,
 )
 from .factorization import ConvexNMF, SemiNMF
-from .fit_folder import SavedFit, activations_fingerprint, load_fit, save_fit
+from .fit_folder import SavedFit, activations_fingerprint, load_fit, save_fit, verify
 from .visualization import (
     highlight_tokens_html,
     plot_activation_spectrum,
@@ -158,6 +158,7 @@ __all__ = [
     "save_fit",
     "sweep_k",
     "top_samples",
+    "verify",
     "weight_by_input",
     "weight_coverage",
     "write_report",

@@ -13,8 +13,10 @@ permissions a plain ``open``/``mkdir`` would give under the current umask.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator, Mapping
@@ -24,16 +26,23 @@ from typing import Any
 
 import torch
 
-from .errors import CorruptFileError
+from .errors import CorruptFileError, FolderBusyError
 
 __all__ = [
     "atomic_directory",
     "atomic_file",
     "check_format",
+    "check_sealed",
+    "chunk_digests",
     "default_mode",
+    "folder_lock",
     "fsync_dir",
     "load_tensors",
+    "remove_stale_temporaries",
     "save_tensors_atomic",
+    "seal",
+    "sha256_file",
+    "verify_chunks",
     "write_bytes_atomic",
     "write_json_atomic",
 ]
@@ -50,8 +59,103 @@ def default_mode(directory: bool = False) -> int:
 
 
 def _sibling(path: Path, tag: str) -> Path:
-    """A fresh hidden name next to ``path`` (process id and a random part: no collisions)."""
+    """A fresh hidden name next to ``path`` (process id and a random part: no collisions).
+
+    The process id in the name lets a later run tell a dead process's leftover (removed by
+    :func:`remove_stale_temporaries`) from a live one's work in progress (kept).
+    """
     return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+_SIBLING_RE = re.compile(r"^\.(?P<name>.+)\.(?P<tag>tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # exists but belongs to someone else (or unknowable)
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries that dead processes left next to ``path``; return them.
+
+    A process killed outright (SIGKILL, power loss) cannot clean up the hidden
+    ``.<name>.tmp-<pid>-<random>`` entry it was writing. This removes such entries for
+    ``path`` whose process id is no longer running; a live process's temporary is never
+    touched. A ``.old-`` entry (the previous version, renamed aside during the swap) is removed
+    only when ``path`` itself exists, so a crash in the middle of a swap loses nothing.
+    Process ids are those of this machine: do not share an output folder between machines.
+    """
+    path = Path(path)
+    removed = []
+    try:
+        entries = list(path.parent.glob(f".{glob_escape(path.name)}.*-*-*"))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _SIBLING_RE.match(entry.name)
+        if m is None or m["name"] != path.name or _pid_alive(int(m["pid"])):
+            continue
+        if m["tag"] == "old" and not path.exists():
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with the glob characters ``*?[`` escaped."""
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+@contextmanager
+def folder_lock(path: str | os.PathLike, flag: str = "--out") -> Iterator[Path]:
+    """Hold an exclusive OS lock on an output folder while a run writes there.
+
+    The lock is ``fcntl.flock`` on a hidden file beside the folder (``.<name>.lock``; beside,
+    not inside, because the folder itself is swapped in whole). The operating system drops it
+    when the process exits, however it exits (a crash or ``kill -9`` included), so a stale lock
+    never blocks a later run. The lock file holds the owner's process id and stays behind
+    (empty of meaning once released; removing it while unlocked is harmless).
+
+    Raises
+    ------
+    FolderBusyError
+        At once, when another process holds the lock (the message names the folder and that
+        process's id).
+    """
+    path = Path(path)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no advisory locks, run unlocked
+        yield path
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.parent / f".{path.name}.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, default_mode())
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise FolderBusyError(
+                f"{flag} {path} is in use by another concept-probe run (pid {owner}); wait "
+                f"for it to finish, or choose another {flag} folder."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -144,6 +248,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is a file; give a folder to write.")
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = _sibling(path, "tmp")
     tmp.mkdir()
     try:
@@ -179,6 +284,108 @@ def write_json_atomic(
     """Write ``obj`` as UTF-8 JSON to ``path`` atomically; return the path."""
     text = json.dumps(obj, ensure_ascii=False, indent=indent, allow_nan=allow_nan)
     return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+# ------------------------------------------------------------------------------ checksums
+#: bytes per digest of a big file (A.npy): verifying reads it chunk by chunk, memory stays flat
+CHUNK_BYTES = 16 * 2**20
+#: key of a JSON document's own checksum (see :func:`seal`)
+SEAL_KEY = "sha256_self"
+
+
+def sha256_file(path: str | os.PathLike, start: int = 0, stop: int | None = None) -> str:
+    """SHA-256 (hex) of a file's bytes ``[start, stop)``, read 1 MiB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(start)
+        left = None if stop is None else stop - start
+        while left is None or left > 0:
+            block = f.read(1 << 20 if left is None else min(1 << 20, left))
+            if not block:
+                break
+            h.update(block)
+            if left is not None:
+                left -= len(block)
+    return h.hexdigest()
+
+
+def chunk_digests(path: str | os.PathLike, chunk: int = CHUNK_BYTES) -> dict:
+    """Per-chunk SHA-256 digests of a file: ``{"chunk_bytes": chunk, "sha256": [hex, ...]}``.
+
+    Recorded in a manifest for files too big to hash at every load (``A.npy``, which is
+    memory-mapped); :func:`verify_chunks` checks them.
+    """
+    size = os.path.getsize(path)
+    starts = range(0, max(size, 1), chunk)
+    return {"chunk_bytes": chunk, "sha256": [sha256_file(path, s, s + chunk) for s in starts]}
+
+
+def verify_chunks(path: str | os.PathLike, digests: dict) -> None:
+    """Check a file against :func:`chunk_digests`; a differing chunk → CorruptFileError."""
+    chunk = int(digests["chunk_bytes"])
+    expected = list(digests["sha256"])
+    size = os.path.getsize(path)
+    n = len(range(0, max(size, 1), chunk))
+    if n != len(expected):
+        raise CorruptFileError(
+            f"{path} is corrupt: it has {size} bytes, not the {len(expected)} chunks of "
+            f"{chunk} bytes its manifest recorded. Write it again."
+        )
+    for i, want in enumerate(expected):
+        if sha256_file(path, i * chunk, (i + 1) * chunk) != want:
+            raise CorruptFileError(
+                f"{path} is corrupt: bytes {i * chunk}-{min(size, (i + 1) * chunk)} differ "
+                f"from the checksum its manifest recorded (damaged on disk or modified after "
+                f"it was written). Write it again."
+            )
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, allow_nan=True).encode("utf-8")
+
+
+def seal(obj: Mapping) -> dict:
+    """``obj`` with its own SHA-256 added under :data:`SEAL_KEY` (for manifests).
+
+    The digest covers the canonical JSON of every other key, so any change to a value (a
+    flipped digit that still parses) is found by :func:`check_sealed`.
+    """
+    out = {k: v for k, v in obj.items() if k != SEAL_KEY}
+    out[SEAL_KEY] = hashlib.sha256(_canonical(out)).hexdigest()
+    return out
+
+
+def check_sealed(obj: Any, source: str | os.PathLike) -> Any:
+    """Check the checksum :func:`seal` put in ``obj``; documents without one pass unchanged.
+
+    Raises
+    ------
+    CorruptFileError
+        If the recorded checksum differs from the content.
+    """
+    if not isinstance(obj, Mapping) or SEAL_KEY not in obj:
+        return obj
+    rest = {k: v for k, v in obj.items() if k != SEAL_KEY}
+    if hashlib.sha256(_canonical(rest)).hexdigest() != obj[SEAL_KEY]:
+        raise CorruptFileError(
+            f"{source} is corrupt: its content differs from the checksum recorded in it "
+            f"(damaged on disk or edited by hand). Write it again."
+        )
+    return obj
+
+
+def _tensors_digest(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
+        h.update(_canonical([key, str(t.dtype), list(t.shape)]))
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    h.update(_canonical({k: v for k, v in metadata.items() if k != _TENSORS_KEY}))
+    return h.hexdigest()
+
+
+_TENSORS_KEY = "concept_probe.sha256"
 
 
 def check_format(
@@ -258,17 +465,21 @@ def save_tensors_atomic(
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; give a file path ending in .safetensors.")
     path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {key: val.detach().cpu().contiguous() for key, val in tensors.items()}
+    metadata = dict(metadata or {})
+    # A checksum of every tensor and the metadata, checked by load_tensors.
+    metadata[_TENSORS_KEY] = _tensors_digest(tensors, metadata)
     with atomic_file(path) as tmp:
-        save_file(
-            {key: val.detach().cpu().contiguous() for key, val in tensors.items()},
-            str(tmp),
-            metadata=metadata,
-        )
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a safetensors file: ``(tensors, metadata)``; unreadable → CorruptFileError."""
+    """Read a safetensors file: ``(tensors, metadata)``; unreadable → CorruptFileError.
+
+    The checksum :func:`save_tensors_atomic` records is verified (files written without one,
+    by older versions or other programs, load unchecked).
+    """
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -280,7 +491,12 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CorruptFileError(
-            f"{path} is not a readable safetensors file ({exc}). It may be truncated or written "
-            f"by another program; write it again."
+            f"{path} is corrupt: not a readable safetensors file ({exc}). It may be truncated, "
+            f"damaged or written by another program; write it again."
         ) from exc
+    if _TENSORS_KEY in meta and _tensors_digest(tensors, meta) != meta[_TENSORS_KEY]:
+        raise CorruptFileError(
+            f"{path} is corrupt: its tensors differ from the checksum recorded in the file "
+            f"(damaged on disk or modified after it was written). Write it again."
+        )
     return tensors, meta

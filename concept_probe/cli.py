@@ -234,6 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_explain_stage(sub)
     _add_evaluate_stage(sub)
 
+    ver = sub.add_parser(
+        "verify",
+        help="check a saved activations or fit folder against its checksums",
+        description="Read every file of an activations folder (extract --out) or fit folder "
+        "(fit --out) and check it against the checksums in its manifest; exit 2 naming the "
+        "first corrupt file.",
+    )
+    ver.add_argument("path", type=Path, help="folder written by 'extract', 'fit' or 'run'")
+
     lay = sub.add_parser("layers", help="list a model's layers and their output shapes")
     lay.add_argument(
         "--model", help="timm model name or 'package.module:factory' (default: the demo model)"
@@ -1168,6 +1177,55 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _cmd_verify(args) -> int:
+    from .fit_folder import verify
+
+    folder = args.path
+    targets = [folder]
+    if folder.is_dir() and (folder / "activations.cp").is_dir():  # a 'run --out' folder
+        targets = [t for t in (folder / "activations.cp", folder / "fit") if t.exists()]
+    for target in targets:
+        verify(target)
+        print(f"{target}: every file matches its checksum")
+    return 0
+
+
+@contextmanager
+def _out_locked(args):
+    """Lock --out for the whole command (rank 0 only under torchrun: it alone writes)."""
+    from ._io import folder_lock
+
+    out = getattr(args, "out", None)
+    if out is None or args.command == "verify" or os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    with folder_lock(Path(out)):
+        yield
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so every atomic writer removes its temporary files."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 _COMMANDS = {
     "run": _cmd_run,
     "evaluate": _cmd_evaluate,
@@ -1176,6 +1234,7 @@ _COMMANDS = {
     "fit": _cmd_fit,
     "report": _cmd_report,
     "layers": _cmd_layers,
+    "verify": _cmd_verify,
 }
 
 
@@ -1191,7 +1250,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return EXIT_USAGE
         texts = getattr(args, "texts", None) is not None
-        with _third_party_bars_off(getattr(args, "quiet", False), transformers=texts):
+        with (
+            _sigterm_as_interrupt(),
+            _out_locked(args),
+            _third_party_bars_off(getattr(args, "quiet", False), transformers=texts),
+        ):
             return _COMMANDS[args.command](args)
     except UsageError as exc:
         _one_line(exc)
@@ -1199,6 +1262,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConceptProbeError, ValueError, OSError, ImportError, TypeError) as exc:
         _one_line(exc)
         return EXIT_USAGE
+    except _Terminated:
+        print("concept-probe: terminated (SIGTERM); nothing half-written was left", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("concept-probe: interrupted", file=sys.stderr)
         return 130

@@ -14,6 +14,7 @@ __all__ = [
     "CorruptFileError",
     "DistributedError",
     "FitMismatchError",
+    "FolderBusyError",
     "ForwardPassError",
     "InvalidParameterError",
     "LayerNotFoundError",
@@ -71,6 +72,10 @@ class CheckpointMismatchError(ConceptProbeError, ValueError):
 
 class UnsafeCheckpointError(ConceptProbeError, ValueError):
     """A checkpoint holds pickled Python objects: loading it could run code from the file."""
+
+
+class FolderBusyError(ConceptProbeError, RuntimeError):
+    """Another process holds the lock on the output folder a run would write to."""
 
 
 class ForwardPassError(ConceptProbeError, RuntimeError):
