@@ -22,7 +22,7 @@ from torch import nn
 
 from .._torch_utils import resolve_device
 from ..errors import ForwardPassError
-from . import _storage
+from . import _sharded, _storage
 from .activations import Activations
 from .hooks import capture_layers, resolve_layers
 
@@ -275,12 +275,17 @@ class Plan:
     # Called with every batch and the model's own output (the forward pass then runs to the
     # end): how the vision front end records a classifier's predictions.
     on_output: Callable[[Batch, Any], None] | None = None
+    # Inputs per batch: a sharded extraction (torchrun) splits the inputs across ranks on
+    # batch boundaries, so every rank runs exactly the batches a one-process run would.
+    batch_size: int | None = None
 
 
 def run(plan: Plan, out: str | Path | None, single: bool) -> Activations | dict[str, Activations]:
     """Run the extraction described by ``plan``; stream to ``out`` when it is given."""
     if out is None:
         result = _run_memory(plan)
+    elif (comm := _sharded.extraction_comm()) is not None:
+        result = _sharded.run_disk(plan, Path(out), single, comm)
     else:
         result = _run_disk(plan, Path(out), single)
     return result[plan.layers[0]] if single else result
@@ -299,11 +304,15 @@ def _progress(plan: Plan, initial: int):
     )
 
 
-def _forward_batches(plan: Plan, layers: list[str], start: int):
-    """Yield ``(batch, {layer: Rows})`` for every batch from sample ``start`` on."""
+def _forward_batches(plan: Plan, layers: list[str], start: int, end: int | None = None):
+    """Yield ``(batch, {layer: Rows})`` for every batch from sample ``start`` (to ``end``)."""
     with _ModelOnDevice(plan.model, plan.device), capture_layers(plan.model, layers) as cap:
         first = True
         for batch in plan.batches(start):
+            if end is not None and batch.start >= end:
+                break
+            if end is not None and batch.start + batch.size > end:  # pragma: no cover
+                raise RuntimeError("a batch straddles the end of this rank's share of inputs")
             # The first batch runs the whole model to catch modules called more than once per
             # forward (ambiguous outputs); later batches stop after the last captured layer.
             stop = plan.stop_early and STOP_EARLY and not first and plan.on_output is None
@@ -415,32 +424,7 @@ def _run_disk(plan: Plan, out: Path, single: bool) -> dict[str, Activations]:
     status = {name: s.status() for name, s in stores.items()}
     todo = [n for n in plan.layers if status[n] != "complete"]
     if todo:
-        start = _align(stores, todo)
-        for n in todo:
-            stores[n].start()
-        bar = _progress(plan, start)
-        buffers: dict[str, list[tuple[Batch, Rows]]] = {n: [] for n in todo}
-        buffered = 0
-        try:
-            for batch, rows in _forward_batches(plan, todo, start):
-                for name, r in rows.items():
-                    buffers[name].append((batch.per_sample(), r))
-                    buffered += r.nbytes + (batch.images.nbytes if batch.images is not None else 0)
-                bar.update(batch.size)
-                if buffered >= SHARD_BYTES:
-                    _flush(plan, stores, buffers)
-                    buffered = 0
-        except BaseException:
-            # Interrupted (Ctrl-C, a bad input file, out of memory...): keep every batch that
-            # was completed, so that a re-run resumes after it.
-            try:
-                _flush(plan, stores, buffers)
-            except Exception:  # the original error matters more than a failed flush
-                pass
-            raise
-        finally:
-            bar.close()
-        _flush(plan, stores, buffers)
+        stream(plan, stores, todo)
         for name in todo:
             store = stores[name]
             if not store.shards:
@@ -453,6 +437,46 @@ def _run_disk(plan: Plan, out: Path, single: bool) -> dict[str, Activations]:
                 )
             _finalize(plan, name, store)
     return {name: Activations.load(paths[name], mmap=True) for name in plan.layers}
+
+
+def stream(
+    plan: Plan,
+    stores: dict[str, _storage.ShardStore],
+    todo: list[str],
+    stop: int | None = None,
+    show: bool = True,
+) -> None:
+    """Run the forward passes from where the stores stopped (to ``stop``), writing shards."""
+    start = _align(stores, todo)
+    for n in todo:
+        stores[n].start()
+    if stop is not None and start >= stop:
+        return
+    bar = _progress(plan, start) if show else None
+    buffers: dict[str, list[tuple[Batch, Rows]]] = {n: [] for n in todo}
+    buffered = 0
+    try:
+        for batch, rows in _forward_batches(plan, todo, start, stop):
+            for name, r in rows.items():
+                buffers[name].append((batch.per_sample(), r))
+                buffered += r.nbytes + (batch.images.nbytes if batch.images is not None else 0)
+            if bar is not None:
+                bar.update(batch.size)
+            if buffered >= SHARD_BYTES:
+                _flush(plan, stores, buffers)
+                buffered = 0
+    except BaseException:
+        # Interrupted (Ctrl-C, a bad input file, out of memory...): keep every batch that
+        # was completed, so that a re-run resumes after it.
+        try:
+            _flush(plan, stores, buffers)
+        except Exception:  # the original error matters more than a failed flush
+            pass
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    _flush(plan, stores, buffers)
 
 
 def _align(stores: dict[str, _storage.ShardStore], todo: list[str]) -> int:

@@ -331,6 +331,9 @@ class ShardStore:
         options). A partial directory with a different fingerprint is never resumed.
     n_samples : int or None
         Total number of input samples, if known (for messages only).
+    first_sample : int
+        Global index of the first sample this store holds (a rank's share of a sharded
+        extraction starts past 0; shards record global sample ranges).
 
     Notes
     -----
@@ -339,8 +342,9 @@ class ShardStore:
     listed (written when the process was stopped) are overwritten when the shard is redone.
     """
 
-    def __init__(self, path: Path, fingerprint: dict, n_samples: int | None):
+    def __init__(self, path: Path, fingerprint: dict, n_samples: int | None, first_sample: int = 0):
         self.path = Path(path)
+        self.first_sample = int(first_sample)
         self.fingerprint = fingerprint
         self.n_samples = n_samples
         self.shards: list[dict] = []
@@ -349,7 +353,7 @@ class ShardStore:
     # -- state
     @property
     def n_samples_done(self) -> int:
-        return self.shards[-1]["samples"][1] if self.shards else 0
+        return self.shards[-1]["samples"][1] if self.shards else self.first_sample
 
     def status(self) -> str:
         """``'new'``, ``'partial'`` (resumable) or ``'complete'`` (nothing left to do).

@@ -294,5 +294,6 @@ def extract_text_activations(
         fingerprint=fingerprint,
         progress=progress,
         unit="text",
+        batch_size=batch_size,
     )
     return _engine.run(plan, out, run.single)

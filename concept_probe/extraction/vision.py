@@ -289,6 +289,7 @@ def extract_image_activations(
         label_names=source.label_names,
         progress=progress,
         unit="img",
+        batch_size=batch_size,
         on_output=(lambda batch, output: _count_predictions(tally, batch, output))
         if predictions
         else None,

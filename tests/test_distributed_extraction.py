@@ -1,0 +1,121 @@
+"""Sharded extraction on real Gloo process groups (2 and 3 processes on 127.0.0.1).
+
+Every rank of a group runs the same ``extract_image_activations(..., out=...)`` call (each
+extracts its share of the images, then the shares are merged into one folder) and a
+data-parallel fit from that folder; both must equal what one process does: the merged folder
+bitwise (A, provenance, per-sample data, fingerprint), the fit to float32 tolerance.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _extract_worker import CASES, extract, fit, fit_path
+
+from concept_probe import Activations
+
+WORKER = Path(__file__).parent / "_extract_worker.py"
+ROOT = Path(__file__).resolve().parents[1]
+GROUPS = {"two-layers": 2, "empty-rank": 3}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Start both groups at once; return each group's folder once every rank has exited."""
+    root = tmp_path_factory.mktemp("sharded")
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    procs = {}
+    for case, world in GROUPS.items():
+        port = _free_port()
+        (root / case).mkdir()
+        procs[case] = [
+            subprocess.Popen(
+                [sys.executable, str(WORKER), *map(str, (r, world, port, root / case)), case],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            for r in range(world)
+        ]
+    for case, ps in procs.items():
+        for p in ps:
+            try:
+                text, _ = p.communicate(timeout=240)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                text, _ = p.communicate()
+            assert p.returncode == 0, f"{case}: a rank failed:\n{text.decode()[-3000:]}"
+    return root
+
+
+def _same_folder(sharded: Path, single: Path) -> None:
+    a, b = Activations.load(sharded), Activations.load(single)
+    assert torch.equal(a.A, b.A)
+    assert torch.equal(a.sample, b.sample)
+    assert torch.equal(a.position, b.position)
+    assert torch.equal(a.images, b.images)
+    assert a.sample_ids == b.sample_ids and a.grid == b.grid and a.kind == b.kind
+    assert (a.labels is None) == (b.labels is None)
+    assert a.meta == b.meta
+    ma = json.loads((sharded / "manifest.json").read_text())
+    mb = json.loads((single / "manifest.json").read_text())
+    assert ma == mb  # same files, sizes, checksums and fingerprint
+    for f in mb["files"]["arrays"].values():
+        assert (sharded / f["file"]).read_bytes() == (single / f["file"]).read_bytes()
+    leftovers = sorted(p.name for p in sharded.iterdir())
+    assert leftovers == sorted(p.name for p in single.iterdir())  # no rank folder, no temp
+
+
+@pytest.mark.parametrize("case", list(GROUPS))
+def test_sharded_extraction_equals_one_process(runs, tmp_path, case):
+    extract(case, tmp_path / "single")
+    layers = CASES[case][2]
+    if isinstance(layers, str):
+        _same_folder(runs / case / "acts", tmp_path / "single")
+    else:
+        for layer in layers:
+            _same_folder(runs / case / "acts" / layer, tmp_path / "single" / layer)
+
+
+@pytest.mark.parametrize("case", list(GROUPS))
+def test_fit_from_sharded_extraction_equals_one_process(runs, case):
+    ref = fit(fit_path(case, runs / case / "acts"), False)
+    parts = [torch.load(runs / case / f"fit{r}.pt") for r in range(GROUPS[case])]
+    assert [p["rows"][0] for p in parts] == sorted(p["rows"][0] for p in parts)
+    Z = torch.cat([p["Z"] for p in parts])
+    W = torch.cat([p["W"] for p in parts], dim=1)
+    # float32 fits agree to 1e-4 (the ranks only reorder the row sums; docs/guides/distributed.md)
+    torch.testing.assert_close(Z, ref["Z"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(W, ref["W"], rtol=1e-4, atol=1e-5)
+    for p in parts:
+        torch.testing.assert_close(p["D"], ref["D"], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(p["loss"], ref["loss"], rtol=1e-5)
+
+
+def test_rank_range_deals_whole_batches():
+    from concept_probe.extraction._sharded import rank_range
+
+    for n, bs, world in [(10, 3, 2), (4, 2, 3), (1, 5, 4), (100, 7, 3)]:
+        ranges = [rank_range(n, bs, r, world) for r in range(world)]
+        assert ranges[0][0] == 0 and ranges[-1][1] == n
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
+        assert all(lo % bs == 0 or lo == n for lo, _ in ranges)
