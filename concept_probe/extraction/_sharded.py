@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._io import fsync_dir
+from .._io import fsync_dir, seal
 from .._io import write_json_atomic as atomic_write_json
 from ..errors import DistributedError
 from . import _storage
@@ -315,7 +315,7 @@ def _write_manifest(plan, root, fingerprint, world, every, layout) -> None:
         header, format=_storage.FORMAT, version=_storage.VERSION, fingerprint=fingerprint
     )
     manifest["files"] = {"arrays": entries, "strings": s_entry}
-    atomic_write_json(tmp / _storage.MANIFEST, manifest)
+    atomic_write_json(tmp / _storage.MANIFEST, seal(manifest))
     for file in tmp.iterdir():
         if file.is_file():
             with open(file, "rb") as f:
