@@ -564,7 +564,23 @@ def _cmd_extract(args) -> int:
             f"with the same settings.",
             file=sys.stderr,
         )
-    per_layer = _by_layer(_extract(args, out=out))
+    if _torchrun_world() > 1:
+        # torchrun: every rank extracts its share of the inputs, then the shares are merged
+        # into one activations folder (concept_probe/extraction/_sharded.py).
+        from datetime import timedelta
+
+        import torch.distributed as dist
+
+        seconds = float(os.environ.get("CONCEPT_PROBE_DIST_TIMEOUT", "600"))
+        dist.init_process_group("gloo", timeout=timedelta(seconds=seconds))
+        try:
+            per_layer = _by_layer(_extract(args, out=out))
+            if dist.get_rank() != 0:
+                return 0
+        finally:
+            dist.destroy_process_group()
+    else:
+        per_layer = _by_layer(_extract(args, out=out))
     for layer, acts in per_layer.items():
         # several layers: --out is a folder with one activations folder per layer
         where = out if len(per_layer) == 1 else out / _safe_dirname(layer)

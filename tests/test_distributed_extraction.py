@@ -119,3 +119,35 @@ def test_rank_range_deals_whole_batches():
         assert ranges[0][0] == 0 and ranges[-1][1] == n
         assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
         assert all(lo % bs == 0 or lo == n for lo, _ in ranges)
+
+
+def test_torchrun_extract_cli_equals_one_process(tmp_path):
+    """``torchrun --nproc_per_node 2 -m concept_probe extract ... --out`` writes the same folder."""
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    argv = ["extract", "--n-images", "10", "--batch-size", "3", "--quiet", "--out"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    launch += ["--master_port", str(_free_port()), "-m", "concept_probe"]
+    res = subprocess.run(
+        [*launch, *argv, str(tmp_path / "sharded.cp")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.count("Saved 160 rows") == 1  # rank 0 reports, once
+    one = subprocess.run(
+        [sys.executable, "-m", "concept_probe", *argv, str(tmp_path / "single.cp")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
+    assert one.returncode == 0, one.stderr
+    _same_folder(tmp_path / "sharded.cp", tmp_path / "single.cp")
