@@ -42,8 +42,10 @@ __all__ = [
     "save_tensors_atomic",
     "seal",
     "sha256_file",
+    "verify_checksums",
     "verify_chunks",
     "write_bytes_atomic",
+    "write_checksums",
     "write_json_atomic",
 ]
 
@@ -337,6 +339,48 @@ def verify_chunks(path: str | os.PathLike, digests: dict) -> None:
                 f"{path} is corrupt: bytes {i * chunk}-{min(size, (i + 1) * chunk)} differ "
                 f"from the checksum its manifest recorded (damaged on disk or modified after "
                 f"it was written). Write it again."
+            )
+
+
+#: name of the checksum list of a folder that has no manifest of its own (evaluation folders)
+CHECKSUMS = "checksums.json"
+
+
+def write_checksums(folder: str | os.PathLike) -> Path:
+    """Write ``checksums.json`` (sealed): a SHA-256 of every other file in ``folder``."""
+    folder = Path(folder)
+    sums = {
+        p.relative_to(folder).as_posix(): sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != CHECKSUMS
+    }
+    return write_json_atomic(
+        folder / CHECKSUMS,
+        seal({"format": "concept_probe.checksums", "version": 1, "sha256": sums}),
+    )
+
+
+def verify_checksums(folder: str | os.PathLike) -> None:
+    """Check the files :func:`write_checksums` listed; a folder without the list passes."""
+    folder = Path(folder)
+    file = folder / CHECKSUMS
+    if not file.is_file():
+        return
+    try:
+        doc = json.loads(file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptFileError(f"{file} is corrupt: not valid JSON ({exc}).") from exc
+    check_sealed(doc, file)
+    for name, digest in dict(doc.get("sha256") or {}).items():
+        target = folder / name
+        if not target.is_file():
+            raise CorruptFileError(
+                f"{folder} is corrupt: {name}, listed in {file}, is missing. Write it again."
+            )
+        if sha256_file(target) != digest:
+            raise CorruptFileError(
+                f"{target} is corrupt: its content differs from the checksum recorded in "
+                f"{file}. Write the folder again."
             )
 
 

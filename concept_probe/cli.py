@@ -1122,17 +1122,18 @@ def _load_evaluation(folder: Path | None):
     """The Evaluation saved by 'concept-probe evaluate' (summary.json + dictionaries)."""
     if folder is None:
         return None
-    from safetensors.torch import load_file
-
     from .evaluation import Evaluation
 
     summary = folder / "summary.json"
     if not summary.is_file():
         raise UsageError(f"{folder}: no summary.json (write one with 'concept-probe evaluate').")
+    from ._io import load_tensors, verify_checksums
+
+    verify_checksums(folder)  # folders from before the checksums existed pass unchecked
     data = json.loads(summary.read_text(encoding="utf-8"))
     dicts = {}
     if (folder / "dictionaries.safetensors").is_file():
-        for key, D in load_file(folder / "dictionaries.safetensors").items():
+        for key, D in load_tensors(folder / "dictionaries.safetensors")[0].items():
             method, k = key.rsplit("/k=", 1)
             dicts[(method, int(k))] = D
     return Evaluation.from_dict(data, dicts)
@@ -1142,7 +1143,7 @@ def _write_evaluation(evaluation, out: Path) -> None:
     """summary.json, the reported fits' dictionaries and the figures, written atomically."""
     from safetensors.torch import save_file
 
-    from ._io import atomic_directory
+    from ._io import atomic_directory, write_checksums
     from .visualization import plot_concept_stability, plot_k_sweep
 
     if out.exists() and any(out.iterdir()) and not (out / "summary.json").is_file():
@@ -1160,6 +1161,7 @@ def _write_evaluation(evaluation, out: Path) -> None:
         k = evaluation.suggested_k or evaluation.rows[0]["k"]
         fig = plot_concept_stability(evaluation, k, method=method)
         fig.savefig(tmp / "stability.png", dpi=100)
+        write_checksums(tmp)
 
 
 def _cmd_evaluate(args) -> int:

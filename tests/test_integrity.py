@@ -314,3 +314,29 @@ def test_cli_verify_accepts_a_good_run_folder(saved, capsys):
     code, out, err = _cli(capsys, "verify", saved / "fit")
     assert code == 0, err
     assert "matches its checksum" in out
+
+
+@pytest.fixture(scope="module")
+def evaluation_folder(saved):
+    out = saved / "eval"
+    argv = ["evaluate", saved / "acts.cp", "--k", "2", "3", "--seeds", "2", "--folds", "2"]
+    argv += ["--solver", "mu", "--max-iter", "20", "--out", out]
+    assert main([str(a) for a in argv]) == 0
+    return out
+
+
+EVAL_FILES = ["summary.json", "dictionaries.safetensors", "checksums.json"]
+
+
+@pytest.mark.parametrize("name", EVAL_FILES)
+def test_a_flipped_byte_in_an_evaluation_folder_is_reported_corrupt(
+    saved, evaluation_folder, tmp_path, capsys, name
+):
+    assert set(EVAL_FILES) <= {p.name for p in evaluation_folder.iterdir()}
+    shutil.copytree(evaluation_folder, tmp_path / "eval")
+    _flip(tmp_path / "eval" / name, "middle")
+    argv = ["report", saved / "acts.cp", saved / "fit", "--evaluation", tmp_path / "eval"]
+    code, _, err = _cli(capsys, *argv, "--out", tmp_path / "r")
+    assert code == 2
+    line = _one_line(err)
+    assert "corrupt" in line and name in line
