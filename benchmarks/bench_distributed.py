@@ -253,7 +253,7 @@ def child_ooc_large(args) -> None:
         if args.rows:
             A = A[: args.rows]
         if args.source == "memory":
-            A = A.float().clone()  # resident float32, the same values
+            A = A.float()  # resident float32, the same values (one copy)
         out = timed_fit(A, args.k, args.iters)
     n = A.shape[0]
     out.update(source=args.source, peak_rss_anon_mb=rss.peak / 1024, storage=str(A.dtype))
@@ -262,7 +262,8 @@ def child_ooc_large(args) -> None:
 
 
 def _run(cmd: list[str], threads: int) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env["PYTHONPATH"] = str(ROOT)
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -303,6 +304,7 @@ def main() -> None:
     common = ["--n", str(args.n), "--d", str(args.d), "--k", str(args.k)]
     common += ["--iters", str(args.iters)]
     results: dict = {"args": vars(args), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    results["loadavg_start"] = os.getloadavg()
     if args.mode == "parallel":
         one = _collect(_run([*me, "_parallel", *common, "--threads", "2"], 2))
         with socket.socket() as s:
@@ -368,6 +370,7 @@ def main() -> None:
                 f"{r['source']:6s}: {r['s_per_iter_median']:.3f} s/iter, peak RssAnon "
                 f"{r['peak_rss_anon_mb']:.0f} MB (budget n k 3 4 + 1 GB = {r['budget_mb']:.0f} MB)"
             )
+    results["loadavg_end"] = os.getloadavg()
     out = Path(args.out) if args.out else HERE / "results" / f"distributed_{args.mode}.json"
     out.write_text(json.dumps(results, indent=1))
     print(f"wrote {out}")
