@@ -25,7 +25,7 @@ from concept_probe import Activations
 
 WORKER = Path(__file__).parent / "_extract_worker.py"
 ROOT = Path(__file__).resolve().parents[1]
-GROUPS = {"two-layers": 2, "empty-rank": 3}
+GROUPS = {"two-layers": 2, "empty-rank": 3, "resume": 2}
 
 
 def _free_port() -> int:
@@ -109,6 +109,19 @@ def test_fit_from_sharded_extraction_equals_one_process(runs, case):
     for p in parts:
         torch.testing.assert_close(p["D"], ref["D"], rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(p["loss"], ref["loss"], rtol=1e-5)
+
+
+def test_interrupted_sharded_extraction_resumes(runs):
+    """Rank 1 failed on its 2nd batch: it raised its error, rank 0 a DistributedError naming
+    it; the finished batch was kept, and the re-run computed only the rest (then matched one
+    process, above)."""
+    first = [json.loads((runs / "resume" / f"first{r}.json").read_text()) for r in range(2)]
+    assert first[0]["error"] == "DistributedError"
+    assert first[1]["error"] == "ForwardPassError"
+    assert first[1]["done"] == 8  # rank 1 holds images 6..11; the batch 6..7 was kept
+    resumed = [json.loads((runs / "resume" / f"resumed{r}.json").read_text()) for r in range(2)]
+    assert resumed[1]["calls"] == 2  # batches 8..9 and 10..11 only
+    assert resumed[0]["calls"] == 0  # rank 0 had finished: nothing recomputed
 
 
 def test_rank_range_deals_whole_batches():
