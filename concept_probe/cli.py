@@ -1100,8 +1100,11 @@ def _add_evaluate_stage(sub) -> None:
     )
     ev.add_argument(
         "--truth",
-        action="store_true",
-        help="score against the activations' known factors (the demo's)",
+        nargs="?",
+        const="factors",
+        choices=["factors"],
+        default=None,
+        help="score against the activations' known factors (the demo's): --truth factors",
     )
     ev.add_argument("--seed", type=int, default=0, help="seed of everything (default: 0)")
     ev.add_argument(
@@ -1185,7 +1188,7 @@ def _cmd_evaluate(args) -> int:
         shared_init=not args.no_shared_init,
         max_iter=args.max_iter,
         seed=args.seed,
-        truth="factors" if args.truth else None,
+        truth=args.truth,
         warm_start=args.warm_start,
         convex_kwargs={"solver": args.solver},
     )

@@ -521,3 +521,52 @@ def test_cli_evaluate_writes_summary_and_figures(small_sweep, tmp_path, capsys):
     assert "one seed gives one dictionary" in capsys.readouterr().err
     assert main(["evaluate", str(path), "--k", "500", "--out", str(out)]) == 2
     assert "larger than the" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the demo's known factors
+
+
+@pytest.fixture(scope="module")
+def demo_acts():
+    from concept_probe.demo import demo_activations
+
+    return demo_activations(60, seed=1, progress=False)  # 960 rows x 64, 11 factor values
+
+
+def test_truth_factors_on_the_demo_beats_shuffled_factors(demo_acts, tmp_path, capsys):
+    """Against the demo's shape / colour / texture, SAELens-style scores beat a null.
+
+    Measured (60 images, seed 1, k = 11 = the number of factor values, seeds 0-2): MCC
+    0.75-0.80 and mean F1 0.35-0.39 against the real factors; 0.67-0.68 and 0.18-0.20
+    against the same factors shuffled over rows (non-negative activations make every
+    cosine high, so MCC alone says little; F1 separates them about twofold).
+    """
+    from concept_probe.cli import main
+
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(demo_acts.A.shape[0], generator=g)
+    shuffled = demo_acts.with_factors(
+        {k: v[perm] for k, v in demo_acts.factors.items()}, demo_acts.factor_values
+    )
+    kw = dict(truth="factors", seeds=2, folds=2, shared_init=False, max_iter=100)
+    kw["convex_kwargs"] = {"solver": "mu"}
+    real = cp.evaluate(demo_acts, 11, **kw)
+    null = cp.evaluate(shuffled, 11, **kw)
+    r, n = real.row("convex_nmf", 11), null.row("convex_nmf", 11)
+    assert r["mcc"] >= 0.72 and r["gt_f1"] >= 0.30
+    assert r["mcc"] > n["mcc"] + 0.05 and r["gt_f1"] > 1.5 * n["gt_f1"]
+    gt = real.details[0]["ground_truth"]
+    per = gt["per_concept"]
+    assert len(per) == 11 and {"precision", "recall", "f1", "feature", "cosine"} <= set(per[0])
+    assert gt["f1"] == pytest.approx(np.mean([c["f1"] for c in per]))
+    # the CLI: --truth factors scores the saved demo activations the same way
+    path = demo_acts.save(tmp_path / "demo.cp")
+    out = tmp_path / "eval"
+    args = ["evaluate", str(path), "--k", "11", "--seeds", "2", "--folds", "2"]
+    args += ["--no-shared-init", "--solver", "mu", "--max-iter", "100", "--truth", "factors"]
+    assert main([*args, "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rows"][0]["mcc"] == pytest.approx(r["mcc"])
+    assert summary["rows"][0]["gt_f1"] == pytest.approx(r["gt_f1"])
+    assert len(summary["details"][0]["ground_truth"]["per_concept"]) == 11
+    capsys.readouterr()
