@@ -70,10 +70,12 @@ def one(n: int, d: int, warm: bool, max_iter: int) -> dict:
                 "rel_error": r["rel_error"],
                 "heldout_rel_error": r["heldout_rel_error"],
                 "stability_seeds": r["stability_seeds"],
+                "not_converged": dt["not_converged"],
             }
-            for r in rows
+            for r, dt in zip(rows, ev.details)
         ],
         "suggested_k": ev.suggested_k,
+        "loadavg_after": os.getloadavg(),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }
 
@@ -84,6 +86,7 @@ def main() -> None:
     p.add_argument("--d", type=int, default=512)
     p.add_argument("--max-iter", type=int, default=100)
     p.add_argument("--one", nargs=2, metavar=("N", "WARM"), help=argparse.SUPPRESS)
+    p.add_argument("--starts", choices=["both", "cold", "warm"], default="both")
     p.add_argument("--busy", action="store_true", help="record that the machine was shared")
     p.add_argument("--out", default="evaluation_sweep_cpu.json", help="file name in results/")
     args = p.parse_args()
@@ -93,7 +96,7 @@ def main() -> None:
         return
     results = []
     for n in args.sizes:
-        for warm in (False, True):
+        for warm in {"both": (False, True), "cold": (False,), "warm": (True,)}[args.starts]:
             cmd = [
                 sys.executable,
                 __file__,
@@ -105,8 +108,10 @@ def main() -> None:
                 "--max-iter",
                 str(args.max_iter),
             ]
+            load0 = os.getloadavg()
             res = subprocess.run(cmd, capture_output=True, text=True, check=True)
             r = json.loads(res.stdout.strip().splitlines()[-1])
+            r["loadavg_before"] = load0
             results.append(r)
             print(
                 f"n={n} warm={warm}: {r['seconds']:.1f} s for {r['fits']} fits, "
@@ -114,6 +119,8 @@ def main() -> None:
                 flush=True,
             )
     for warm in (False, True):
+        if not any(r["warm"] == warm for r in results):
+            continue
         big = max((r for r in results if r["warm"] == warm), key=lambda r: r["n"])
         est = big["seconds"] * 100_000 / big["n"]
         print(f"extrapolated to n=100,000 (warm={warm}): {est / 60:.1f} min")
