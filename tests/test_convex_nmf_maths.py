@@ -179,6 +179,22 @@ def test_simplex_projection_matches_definition():
         assert ((Q - V) ** 2).sum(dim=0).ge(((P - V) ** 2).sum(dim=0) - 1e-12).all()
 
 
+def test_simplex_projection_ends_when_rounding_would_swing_the_support():
+    # 64 entries of 1/64 sum to exactly 1; 236 tiny ones (summed first) push the float64 sum
+    # one ulp above 1, so the first threshold (7.4e-19) sits above the tiny entries. The
+    # 64-entry support then sums to exactly 1 (threshold 0, below the last one): without
+    # holding the threshold, the support swung between 64 and 300 entries forever (a
+    # ConvexNMF pgd fit with strict_convex hung this way on one thread).
+    v = torch.cat([torch.full((236,), 6e-19), torch.full((64,), 1 / 64)]).reshape(-1, 1)
+    assert float(v.sum(dtype=torch.float64)) > 1.0
+    P = v.clone()
+    passes = project_columns_to_simplex(P)
+    assert passes <= 3
+    assert (P[:236] == 0).all() and torch.allclose(P[236:], v[236:])
+    one = torch.ones(1, dtype=torch.float64)
+    torch.testing.assert_close(P.sum(dim=0, dtype=torch.float64), one)
+
+
 def test_float32_and_float64_fits_agree():
     A = random_data(n=200, d=16, seed=7)
     out = {}

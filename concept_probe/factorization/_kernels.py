@@ -412,9 +412,10 @@ def project_columns_to_simplex(Wt: torch.Tensor, comm: Comm = LOCAL) -> int:
     found by Michelot's (1986) fixed point: start from ``tau = (sum(v) - 1) / n`` and repeat
     ``tau <- (sum_{v > tau} v - 1) / #{v > tau}``. ``tau`` only grows and the support only
     shrinks, so the loop ends, exactly, once no column's support changes (a handful of passes
-    in practice, at most n). Each pass needs two sums per column over the rows and no sort,
-    so it shards by rows: ``comm`` sums them over the ranks that hold the other rows. The sums
-    are taken in float64 (counts stay exact to 2**53 rows).
+    in practice, at most n; tau is held non-decreasing so that rounding cannot undo this).
+    Each pass needs two sums per column over the rows and no sort, so it shards by rows:
+    ``comm`` sums them over the ranks that hold the other rows. The sums are taken in float64
+    (counts stay exact to 2**53 rows).
 
     Returns
     -------
@@ -436,7 +437,11 @@ def project_columns_to_simplex(Wt: torch.Tensor, comm: Comm = LOCAL) -> int:
         sums[1] = above.sum(dim=0)
         comm.sum_(sums, what="simplex projection")
         new_count = sums[1].clamp(min=1.0)
-        tau = (sums[0] - 1.0) / new_count
+        # In exact arithmetic tau never falls; with rounding it can (a support whose sum
+        # rounds to exactly 1 gives tau = 0 below the last one), and the support would then
+        # swing between two sets forever. Holding tau where it was keeps the proof's
+        # monotonicity, so the loop ends; exact sequences are unchanged.
+        tau = torch.maximum((sums[0] - 1.0) / new_count, tau)
         if bool((new_count == count).all()):
             break
         count = new_count.clone()
