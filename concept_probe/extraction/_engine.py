@@ -105,8 +105,38 @@ def model_name(model: nn.Module) -> str:
     config = getattr(model, "config", None)
     name = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)
     if name:
-        return str(name)
+        return short_model_name(str(name))
     return type(model).__name__
+
+
+# Folder names that say nothing about which model a local folder holds.
+_GENERIC_FOLDERS = {"model", "models", "snapshots", "checkpoint", "checkpoints", "weights", "hf"}
+
+
+def short_model_name(name: str) -> str:
+    """A model's name, not its folder: ``/…/site-packages/gt_minilm/model`` -> ``gt_minilm``.
+
+    A Hugging Face model loaded from a local folder calls itself by that folder's path (often
+    deep in ``site-packages`` or the hub cache), which makes a poor report title. A hub id
+    (``org/name``) is kept as it is; a hub cache folder gives back its id
+    (``…/models--org--name/snapshots/<hash>`` -> ``org/name``); any other path gives its last
+    folder that is not a generic one (``model``, ``snapshots``, a commit hash, ...).
+    """
+    import re
+    from pathlib import PurePath
+
+    path = PurePath(name)
+    if not (path.is_absolute() or name.startswith((".", "~")) or "\\" in name):
+        return name  # a hub id such as "sentence-transformers/all-MiniLM-L6-v2", or a name
+    for part in path.parts:
+        if part.startswith("models--"):
+            return part[len("models--") :].replace("--", "/")
+    parts = [part for part in path.parts if part not in (path.anchor, "")]
+    while len(parts) > 1 and (
+        parts[-1].lower() in _GENERIC_FOLDERS or re.fullmatch(r"[0-9a-f]{16,}", parts[-1])
+    ):
+        parts.pop()
+    return parts[-1] if parts else name
 
 
 @dataclass(frozen=True)
@@ -131,7 +161,11 @@ def setup(model: nn.Module, layer: str | Sequence[str], device: str | torch.devi
 
 def base_meta(model: nn.Module, mode: str) -> dict:
     """The metadata every front end starts from."""
-    return {"model": model_name(model), "model_class": type(model).__name__, "mode": mode}
+    meta = {"model": model_name(model), "model_class": type(model).__name__, "mode": mode}
+    weights = getattr(model, "concept_probe_weights", None)  # set by load_vision_model
+    if isinstance(weights, str):
+        meta["weights"] = weights
+    return meta
 
 
 def base_fingerprint(front_end: str, model: nn.Module, data: str, n_samples: int | None) -> dict:

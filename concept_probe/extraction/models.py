@@ -345,6 +345,18 @@ def _build_from_import(spec: str, kwargs: dict) -> nn.Module:
     return model
 
 
+def _tag_weights(model: nn.Module, checkpoint, *, pretrained: bool) -> nn.Module:
+    """Record on the model where its weights came from (extraction copies it into ``meta``)."""
+    if pretrained:
+        weights = "pretrained"
+    elif checkpoint is not None:
+        weights = f"checkpoint {Path(checkpoint).name}"
+    else:
+        weights = "random"
+    model.concept_probe_weights = weights
+    return model
+
+
 def load_vision_model(
     name: str,
     *,
@@ -418,7 +430,7 @@ def load_vision_model(
         model = _build_from_import(name, kwargs)
         if checkpoint is not None:
             load_checkpoint_into(model, checkpoint, strip_prefix=strip_prefix, what=repr(name))
-        return model.eval()
+        return _tag_weights(model.eval(), checkpoint, pretrained=False)
 
     timm = _import_timm()
     if not timm.is_model(name):
@@ -456,10 +468,10 @@ def load_vision_model(
                 kwargs["num_classes"] = int(w.shape[0])
                 model = create(**kwargs)
         load_checkpoint_into(model, path, strip_prefix=strip_prefix, what=f"timm model {name!r}")
-        return model.eval()
+        return _tag_weights(model.eval(), checkpoint, pretrained=False)
 
     if not pretrained:
-        return create(**kwargs).eval()
+        return _tag_weights(create(**kwargs).eval(), None, pretrained=False)
 
     offline_env = _offline_env()
     if offline_env or not _hub_reachable():
@@ -470,7 +482,9 @@ def load_vision_model(
         )
         try:
             with _hub_offline():  # the local cache only: fails in well under a second
-                return timm.create_model(name, pretrained=True, **kwargs).eval()
+                return _tag_weights(
+                    timm.create_model(name, pretrained=True, **kwargs).eval(), None, pretrained=True
+                )
         except Exception as exc:  # timm/huggingface_hub raise many types when offline
             raise PretrainedWeightsUnavailableError(
                 f"cannot load pretrained weights for {name!r}: {reason} and they are not in the "
@@ -479,7 +493,9 @@ def load_vision_model(
                 f"with safetensors.torch.save_file), copy the file here, and load it with "
                 f"load_vision_model({name!r}, checkpoint='path/to/weights.safetensors')."
             ) from exc
-    return timm.create_model(name, pretrained=True, **kwargs).eval()
+    return _tag_weights(
+        timm.create_model(name, pretrained=True, **kwargs).eval(), None, pretrained=True
+    )
 
 
 def load_text_model(

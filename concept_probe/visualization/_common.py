@@ -64,8 +64,22 @@ def check_concept(concept, k: int) -> int:
 
 
 def short_id(sample_id: str, width: int = 28) -> str:
-    """Shorten an input identifier (often a long path) for a figure title."""
-    from pathlib import PurePath
+    """Shorten an input identifier (often a long path) for a figure title.
 
-    name = PurePath(sample_id).name if ("/" in sample_id or "\\" in sample_id) else sample_id
+    A path keeps its file name and, where there is room, the folder it sits in (for image
+    folders with one sub-folder per class that is the class: ``cat/crop02.jpg``); a folder
+    name too long for the room is cut (``catego…/crop02.jpg``) before the file name is.
+    """
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    if "/" not in sample_id and "\\" not in sample_id:
+        name = sample_id
+    else:
+        path = (PureWindowsPath if "\\" in sample_id else PurePosixPath)(sample_id)
+        name, parent = path.name, path.parent.name
+        room = width - len(name) - 1  # characters left for the folder and its "/"
+        if parent and room >= len(parent):
+            name = f"{parent}/{name}"
+        elif parent and room >= 4:
+            name = f"{parent[: room - 1]}…/{name}"
     return name if len(name) <= width else "…" + name[-(width - 1) :]

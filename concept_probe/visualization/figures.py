@@ -196,7 +196,7 @@ def plot_top_samples(
                 axes[r, j],
                 images[i],
                 hm,
-                title=f"{short_id(acts.sample_ids[i], 14)}\n{score:.3g}"
+                title=f"{short_id(acts.sample_ids[i], 18)}\n{score:.3g}"
                 if acts.sample_ids
                 else f"{score:.3g}",
                 cmap=cmap,
@@ -249,7 +249,7 @@ def plot_prototypes(W, acts, concept: int, *, k: int = 8, tile: float = 1.3, con
         show_heatmap(
             axes[j],
             img,
-            title=f"{100 * float(proto.share[j]):.1f}% · {short_id(acts.sample_ids[i], 12)}"
+            title=f"{100 * float(proto.share[j]):.1f}%\n{short_id(acts.sample_ids[i], 18)}"
             if acts.sample_ids
             else f"{100 * float(proto.share[j]):.1f}%",
         )
@@ -327,7 +327,7 @@ def plot_composition(
             axes[j],
             images[i],
             None if heat is None else heat[i, :, :, 0],
-            title=f"{share} · {short_id(acts.sample_ids[i], 12)}" if acts.sample_ids else share,
+            title=f"{share}\n{short_id(acts.sample_ids[i], 18)}" if acts.sample_ids else share,
             cmap=cmap,
             alpha=alpha,
             vmax=vmax,

@@ -806,7 +806,17 @@ def _input_lines(meta: dict) -> list[str | None]:
     """What the model saw: the preprocessing used (and where each setting came from)."""
     pre = meta.get("preprocessing") or {}
     shown = [f"{k} {pre[k]} ({pre['source'][k]})" for k in pre.get("source", {}) if pre.get(k)]
-    return [("Preprocessing: " + "; ".join(shown) + ".") if shown else None, accuracy_line(meta)]
+    weights = None
+    if meta.get("weights") == "random":
+        weights = (
+            "Weights: random (the model was built without pretrained weights or a checkpoint); "
+            "its concepts say little about a trained network."
+        )
+    return [
+        weights,
+        ("Preprocessing: " + "; ".join(shown) + ".") if shown else None,
+        accuracy_line(meta),
+    ]
 
 
 def _text_context(acts, row: int, context: int = 6) -> str:
