@@ -1094,6 +1094,13 @@ def _add_evaluate_stage(sub) -> None:
         help="skip the shared-initialisation control (fewer fits)",
     )
     ev.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes fitting the seeds / folds of each k at once (default: %(default)s)",
+    )
+    ev.add_argument(
         "--warm-start",
         action="store_true",
         help="k sweep: start each ConvexNMF fit from the previous k's",
@@ -1174,6 +1181,7 @@ def _cmd_evaluate(args) -> int:
         ("--seeds", args.seeds),
         ("--folds", args.folds),
         ("--max-iter", args.max_iter),
+        ("--jobs", args.jobs),
     ):
         _positive(flag, value)
     acts = _load_acts(args.activations)
@@ -1191,6 +1199,7 @@ def _cmd_evaluate(args) -> int:
         truth=args.truth,
         warm_start=args.warm_start,
         convex_kwargs={"solver": args.solver},
+        n_jobs=args.jobs,
     )
     _write_evaluation(ev, args.out)
     print(ev)

@@ -570,3 +570,23 @@ def test_truth_factors_on_the_demo_beats_shuffled_factors(demo_acts, tmp_path, c
     assert summary["rows"][0]["gt_f1"] == pytest.approx(r["gt_f1"])
     assert len(summary["details"][0]["ground_truth"]["per_concept"]) == 11
     capsys.readouterr()
+
+
+def test_parallel_seeds_equal_sequential():
+    """n_jobs=2 (runs in a spawned worker, one thread) gives the sequential results."""
+    A, _, _ = planted_concepts(120, 10, 3, seed=5)
+    kw = dict(seeds=3, folds=2, max_iter=60, warm_start=True, methods=("convex_nmf", "pca"))
+    kw["convex_kwargs"] = {"solver": "mu"}
+    seq = cp.sweep_k(A, [2, 3], **kw)
+    par = cp.sweep_k(A, [2, 3], n_jobs=2, **kw)
+    timing = {"seconds", "peak_mb"}
+    for a, b in zip(seq.to_rows(), par.to_rows(), strict=True):
+        assert {c: v for c, v in a.items() if c not in timing} == pytest.approx(
+            {c: v for c, v in b.items() if c not in timing}, nan_ok=True
+        )
+    assert seq.details == par.details
+    for key, D in seq.dictionaries.items():
+        assert torch.equal(D, par.dictionaries[key])
+    assert seq.suggested_k == par.suggested_k
+    with pytest.raises(ValueError, match="n_jobs"):
+        cp.evaluate(A, 2, n_jobs=0)

@@ -459,3 +459,29 @@ def fit_method(
         out.seconds = time.perf_counter() - t0
     out.peak_bytes = mem.value
     return out
+
+
+# ------------------------------------------------------------------------------ parallel seeds
+def init_worker() -> None:
+    """Worker start-up: one torch thread, so ``n_jobs`` workers use ``n_jobs`` cores."""
+    torch.set_num_threads(1)
+
+
+def fit_in_worker(name, A, k, seed, max_iter, start, convex_kwargs, device) -> FitOutput:
+    """:func:`fit_method` in a worker process; returns what pickles.
+
+    ``encode`` and ``reconstruct`` are closures (they do not pickle) and are dropped: only
+    the reported fit (seed run 0, fitted in the parent) encodes held-out rows.
+    """
+    out = fit_method(
+        name,
+        A,
+        k,
+        seed=seed,
+        max_iter=max_iter,
+        start=start,
+        convex_kwargs=convex_kwargs,
+        device=device,
+    )
+    out.encode = out.reconstruct = None
+    return out

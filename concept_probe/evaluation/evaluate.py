@@ -33,7 +33,7 @@ import torch
 
 from .._checks import check_positive_int
 from ..errors import ConvergenceWarning
-from ._methods import METHODS, fit_method
+from ._methods import METHODS, fit_in_worker, fit_method, init_worker
 from .metrics import (
     factor_truth,
     ground_truth_metrics,
@@ -348,51 +348,61 @@ def _encode(out, A):
         return out.encode(A)
 
 
-def _one_method(method, k, A, split, cfg, chance, truth, prev, centres):
-    """Every fit of one method at one k, and its row of the table."""
+def _one_method(method, k, A, split, cfg, chance, truth, prev, centres, pool=None):
+    """Every fit of one method at one k, and its row of the table.
+
+    With a ``pool`` (``n_jobs > 1``) every run but the reported one (seed run 0, which
+    encodes the held-out rows, so it runs here) goes to a worker process; each run is
+    seeded on its own, so the results are those of the sequential loop.
+    """
     held, trains = split["held"], split["trains"]
     S, F = cfg["seeds"], cfg["folds"]
-    fits, chains = [], {}
-
-    def run(rows, seed, chain):
+    jobs = []  # (chain, rows, seed, start)
+    for s in range(S):
         start = None
         # Only the reported fit is warm-started: warm chains of every seed all descend from
         # the same small-k solution, which is a shared initialisation (measured: seed
         # stability 1.000 at every k), so the runs that stability compares start fresh.
-        if cfg["warm_start"] and method == "convex_nmf" and prev and chain == ("seed", 0):
-            p = prev[chain]
+        if cfg["warm_start"] and method == "convex_nmf" and prev and s == 0:
+            p = prev[("seed", 0)]
             start = ("warm", p.Z, p.W, p.D)
-        out = fit_method(
-            method,
-            A[rows],
-            k,
-            seed=seed,
-            max_iter=cfg["max_iter"],
-            start=start,
-            convex_kwargs=cfg["convex_kwargs"],
-            device=cfg["device"],
-        )
-        fits.append(out)
-        chains[chain] = out
-        return out
-
-    seed_runs = [run(trains[0], cfg["seed"] + s, ("seed", s)) for s in range(S)]
-    fold_runs = [seed_runs[0]] + [run(trains[f], cfg["seed"], ("fold", f)) for f in range(1, F)]
-    shared = []
+        jobs.append((("seed", s), trains[0], cfg["seed"] + s, start))
+    for f in range(1, F):
+        jobs.append((("fold", f), trains[f], cfg["seed"], None))
     if cfg["shared_init"] and method != "pca":
         for f in range(F):
-            out = fit_method(
-                method,
-                A[trains[f]],
-                k,
-                seed=cfg["seed"],
-                max_iter=cfg["max_iter"],
-                start=("centres", centres),
-                convex_kwargs=cfg["convex_kwargs"],
-                device=cfg["device"],
-            )
-            fits.append(out)
-            shared.append(out)
+            jobs.append((("shared", f), trains[f], cfg["seed"], ("centres", centres)))
+
+    def args(job):
+        _, rows, sd, start = job
+        return (method, A[rows], k, sd, cfg["max_iter"], start, cfg["convex_kwargs"])
+
+    futures = {}
+    if pool is not None:
+        for job in jobs[1:]:
+            futures[job[0]] = pool.submit(fit_in_worker, *args(job), cfg["device"])
+    done = {}
+    for job in jobs:
+        if job[0] in futures:
+            continue
+        a = args(job)
+        done[job[0]] = fit_method(
+            a[0],
+            a[1],
+            a[2],
+            seed=a[3],
+            max_iter=a[4],
+            start=a[5],
+            convex_kwargs=a[6],
+            device=cfg["device"],
+        )
+    for chain, fut in futures.items():
+        done[chain] = fut.result()
+    fits = [done[job[0]] for job in jobs]
+    chains = {c: o for c, o in done.items() if c[0] != "shared"}
+    seed_runs = [done[("seed", s)] for s in range(S)]
+    fold_runs = [seed_runs[0]] + [done[("fold", f)] for f in range(1, F)]
+    shared = [done[("shared", f)] for f in range(F) if ("shared", f) in done]
 
     r0 = seed_runs[0]
     A_tr = A[trains[0]]
@@ -508,6 +518,7 @@ def evaluate(
     min_excess: float = 0.5,
     baseline_draws: int = 8,
     device: str | torch.device = "cpu",
+    n_jobs: int = 1,
 ) -> Evaluation:
     """Reconstruction, sparsity and stability of concept fits, beside baselines and chance.
 
@@ -558,6 +569,11 @@ def evaluate(
     baseline_draws : int, default=8
         Pairs of random dictionaries per k for the chance levels.
     device : str or torch.device, default='cpu'
+    n_jobs : int, default=1
+        Processes fitting the runs of one method and k at once (seeds, folds, shared-init
+        control; ``concurrent.futures.ProcessPoolExecutor``, one torch thread per worker).
+        Every run has its own seed, so the results equal ``n_jobs=1``'s; each worker gets a
+        copy of its rows, so memory grows with ``n_jobs``.
         Where concept_probe's estimators run.
 
     Returns
@@ -625,6 +641,60 @@ def evaluate(
         "ks": ks,
         "baseline_draws": baseline_draws,
     }
+    n_jobs = check_positive_int(n_jobs, "n_jobs")
+    if n_jobs == 1:
+        return _run_sweep(
+            A,
+            ks,
+            methods,
+            split,
+            cfg,
+            truth_t,
+            seed,
+            baseline_draws,
+            shared_init,
+            stability_threshold,
+            min_excess,
+            None,
+        )
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: forking a process that holds torch's thread pools can deadlock.
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(n_jobs - 1, mp_context=ctx, initializer=init_worker) as pool:
+        return _run_sweep(
+            A,
+            ks,
+            methods,
+            split,
+            cfg,
+            truth_t,
+            seed,
+            baseline_draws,
+            shared_init,
+            stability_threshold,
+            min_excess,
+            pool,
+        )
+
+
+def _run_sweep(
+    A,
+    ks,
+    methods,
+    split,
+    cfg,
+    truth_t,
+    seed,
+    baseline_draws,
+    shared_init,
+    stability_threshold,
+    min_excess,
+    pool,
+) -> Evaluation:
+    """The loop over k and methods of :func:`evaluate` (``pool``: workers, or None)."""
+    d = A.shape[1]
     rows, details, dicts = [], [], {}
     prev: dict[str, dict] = {m: {} for m in methods}
     for kk in ks:
@@ -640,7 +710,7 @@ def evaluate(
             _, centres = kmeans(GramFreeData(A, 4096), kk, generator=gen)
         for mth in methods:
             row, detail, chains = _one_method(
-                mth, kk, A, split, cfg, chance, truth_t, prev[mth], centres
+                mth, kk, A, split, cfg, chance, truth_t, prev[mth], centres, pool
             )
             prev[mth] = chains
             rows.append(row)
