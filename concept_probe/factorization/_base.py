@@ -28,7 +28,7 @@ from .._checks import (
 from .._torch_utils import make_generator, resolve_device, resolve_dtype
 from ..errors import ConvergenceWarning, CorruptFileError, DistributedError, NotFittedError
 from ._dist import LOCAL, Comm, resolve_comm
-from ._input import as_2d_tensor, check_finite, is_stored, stored_rows
+from ._input import as_2d_tensor, check_finite, check_scale, is_stored, stored_rows
 from ._kernels import GramFreeData
 from ._nnls import NNLSInfo, nnls_block
 from ._solvers import FitResult
@@ -245,7 +245,9 @@ class DictionaryEstimator(nn.Module):
             A = stored_rows(A, comm.rank, comm.world)
         else:
             A = as_2d_tensor(A, name="A", dtype=dtype, device=device, allow_empty=comm.active)
-        check_finite(A, "A")
+        amax = check_finite(A, "A")
+        maths = A.dtype if A.dtype in (torch.float32, torch.float64) else (dtype or torch.float32)
+        check_scale(amax, A.shape[0] * comm.world, A.shape[1], maths)
         return A
 
     def _fit_comm(self) -> Comm:

@@ -6,12 +6,15 @@ a list of arrays, a generator). Everything here is plain tensor bookkeeping: no 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..errors import InvalidParameterError
 
 
 def _batch_to_tensor(batch: object, name: str) -> torch.Tensor:
@@ -122,19 +125,35 @@ def as_2d_tensor(
     return t.to(device=device if device is not None else t.device, dtype=dtype)
 
 
-def _all_finite(t: torch.Tensor, block_elems: int = 1 << 22) -> bool:
-    # torch.isfinite on a whole float tensor allocates |t| and two boolean masks (about
-    # 1.7x the data for float32): row blocks keep the check's memory at a few MB.
+def _max_abs(t: torch.Tensor, block_elems: int = 1 << 22) -> float:
+    """Largest |value| of ``t`` (NaN or inf when it holds one), read in row blocks.
+
+    ``abs().max()`` on a whole float tensor allocates |t|: row blocks keep the memory at a few
+    MB. A block's maximum is NaN or inf exactly when the block holds one, so this one pass
+    answers both "is it finite" and "how large is it".
+    """
+    if t.numel() == 0:
+        return 0.0
     if t.ndim < 2 or t.numel() <= block_elems:
-        return bool(torch.isfinite(t).all())
+        return float(t.abs().max())
     rows = max(1, block_elems // max(1, t[0].numel()))
-    return all(bool(torch.isfinite(t[s : s + rows]).all()) for s in range(0, t.shape[0], rows))
+    out = 0.0
+    for s in range(0, t.shape[0], rows):
+        m = float(t[s : s + rows].abs().max())
+        if not math.isfinite(m):
+            return m
+        out = max(out, m)
+    return out
 
 
-def check_finite(t: torch.Tensor, name: str = "A") -> None:
-    """Raise ``ValueError`` naming the count and first position of NaN/Inf entries."""
-    if _all_finite(t):
-        return
+def check_finite(t: torch.Tensor, name: str = "A") -> float:
+    """Raise ``ValueError`` naming the count and first position of NaN/Inf entries.
+
+    Returns the largest |value| (for :func:`check_scale`).
+    """
+    amax = _max_abs(t)
+    if math.isfinite(amax):
+        return amax
     bad = ~torch.isfinite(t)
     n_nan = int(torch.isnan(t).sum())
     n_inf = int(bad.sum()) - n_nan
@@ -143,6 +162,35 @@ def check_finite(t: torch.Tensor, name: str = "A") -> None:
         f"{name} contains {n_nan} NaN and {n_inf} infinite value(s) (first at index {first}). "
         f"Remove or impute those rows before fitting, e.g. "
         f"{name} = {name}[torch.isfinite({name}).all(dim=1)]."
+    )
+
+
+def check_scale(amax: float, n_rows: int, n_features: int, dtype: torch.dtype, name="A") -> None:
+    """Refuse values whose squares the fit's sums would overflow or flush to zero.
+
+    The solvers sum squared values over rows and features (and the pgd step squares such a
+    sum): with ``amax**2 * n_rows * n_features`` past ``sqrt(finfo.max)`` they overflow to inf
+    and NaN (float32: |values| about 1e10 at 200 x 8 already), and below ``finfo.tiny**0.25``
+    the squares underflow and the codes come out wrong, silently. Convex NMF does not depend
+    on the scale of ``A`` (``Z`` and ``W`` are unchanged, ``D`` scales with ``A``), so the fix
+    is to rescale it.
+    """
+    if amax == 0.0:
+        return
+    info = torch.finfo(dtype if dtype.is_floating_point else torch.float32)
+    load = amax * amax * max(1, n_rows) * max(1, n_features)
+    if load <= math.sqrt(info.max) and amax >= info.tiny**0.25:
+        return
+    where = "large" if amax > 1 else "small"
+    raise InvalidParameterError(
+        f"{name}'s values are too {where} to fit in {str(dtype).replace('torch.', '')}: the "
+        f"largest |value| is {amax:.3g}, so the fit's sums of squares would "
+        f"{'overflow' if where == 'large' else 'underflow'} (about {amax:.1g}^2 x {n_rows} rows "
+        f"x {n_features} features). Rescale it first, e.g. {name} = {name} / "
+        f"{name}.abs().max() (the factorisation does not depend on the scale: {name} / s "
+        f"gives the same Z and W, and D / s; an l1_penalty scales by 1 / s^2), or fit in "
+        f"float64 (dtype=torch.float64).",
+        param=name,
     )
 
 
