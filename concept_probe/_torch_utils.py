@@ -109,3 +109,27 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
 
         gen.manual_seed(check_int(seed, "seed", minimum=0, none_ok=True))
     return gen
+
+
+def available_memory(device: torch.device | str) -> int | None:
+    """Bytes of memory available now on ``device`` (None where it cannot be read).
+
+    CPU: ``MemAvailable`` from ``/proc/meminfo`` (Linux); CUDA: the free bytes
+    ``torch.cuda.mem_get_info`` reports.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except (RuntimeError, AssertionError):
+            return None
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

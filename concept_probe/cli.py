@@ -444,24 +444,26 @@ def _extract(args, out: Path | None = None):
 def _fit(args, acts, nmf, source=None):
     from .errors import ConvergenceWarning, UnscaledL1Warning
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        Z, _ = nmf.fit(acts.A if source is None else source)
-    for w in caught:
-        if issubclass(w.category, ConvergenceWarning):
-            print(
-                f"note: the solver stopped at --max-iter {args.max_iter} before converging "
-                f"(tol {nmf.tol:g}); raise --max-iter for a tighter fit.",
-                file=sys.stderr,
+    def note(message, category, *_args, **_kwargs):
+        # printed as it is raised: a warning about the fit's size must come before the fit
+        if issubclass(category, ConvergenceWarning):
+            text = (
+                f"the solver stopped at --max-iter {args.max_iter} before converging "
+                f"(tol {nmf.tol:g}); raise --max-iter for a tighter fit."
             )
-        elif issubclass(w.category, UnscaledL1Warning):
-            print(
-                "note: --l1 without --strict-convex mostly rescales W instead of sparsifying "
-                "the codes; add --strict-convex.",
-                file=sys.stderr,
+        elif issubclass(category, UnscaledL1Warning):
+            text = (
+                "--l1 without --strict-convex mostly rescales W instead of sparsifying the "
+                "codes; add --strict-convex."
             )
         else:
-            print(f"note: {' '.join(str(w.message).split())}", file=sys.stderr)
+            text = " ".join(str(message).split())
+        print(f"note: {text}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = note
+        Z, _ = nmf.fit(acts.A if source is None else source)
     return nmf, Z.detach().cpu()
 
 
@@ -670,7 +672,8 @@ def _cmd_report(args) -> int:
     acts = _load_acts(args.activations)
     nmf, Z = _load_fit(args.fit, acts)
     evaluation = _load_evaluation(args.evaluation)
-    report = write_report(nmf, acts, Z, args.out, k=args.top, evaluation=evaluation)
+    with _warnings_as_notes():
+        report = write_report(nmf, acts, Z, args.out, k=args.top, evaluation=evaluation)
     print(f"Report: {(report / 'index.html').resolve()}")
     return 0
 
@@ -816,14 +819,15 @@ def _has_class_folders(folder: Path) -> bool:
 
 @contextmanager
 def _warnings_as_notes():
-    """Library warnings during a stage become one 'warning:' line each on stderr."""
-    with warnings.catch_warnings(record=True) as caught:
+    """Library warnings during a stage become one 'warning:' line each on stderr, at once."""
+
+    def note(message, *_args, **_kwargs):
+        print(f"warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
         warnings.simplefilter("always")
-        try:
-            yield
-        finally:
-            for w in caught:
-                print(f"warning: {' '.join(str(w.message).split())}", file=sys.stderr)
+        warnings.showwarning = note
+        yield
 
 
 @contextmanager
@@ -1026,7 +1030,8 @@ def _cmd_explain(args) -> int:
     nmf, Z = _load_fit(args.fit, acts)
     args.no_explain = False
     explanation = _explanation(args, acts, nmf, Z)
-    report = write_report(nmf, acts, Z, args.out, k=args.top, explanation=explanation)
+    with _warnings_as_notes():
+        report = write_report(nmf, acts, Z, args.out, k=args.top, explanation=explanation)
     _print_explanation(explanation)
     print(f"Report: {(report / 'index.html').resolve()}")
     return 0

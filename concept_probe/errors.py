@@ -95,6 +95,18 @@ class DistributedError(ConceptProbeError, RuntimeError):
     """
 
 
+class FitSizeWarning(UserWarning):
+    """A fit asked for more than the data or the machine can give.
+
+    More concepts than features (they cannot all be independent, and the cost grows with k
+    anyway), or an estimated working memory above what is available now.
+    """
+
+
+class TopKCappedWarning(UserWarning):
+    """A report was asked for more inputs per concept than it can show or the data holds."""
+
+
 class ConvergenceWarning(UserWarning):
     """An iterative solver stopped at ``max_iter`` before meeting its tolerance."""
 

@@ -25,8 +25,14 @@ from .._checks import (
     check_nonnegative,
     check_positive_int,
 )
-from .._torch_utils import make_generator, resolve_device, resolve_dtype
-from ..errors import ConvergenceWarning, CorruptFileError, DistributedError, NotFittedError
+from .._torch_utils import available_memory, make_generator, resolve_device, resolve_dtype
+from ..errors import (
+    ConvergenceWarning,
+    CorruptFileError,
+    DistributedError,
+    FitSizeWarning,
+    NotFittedError,
+)
 from ._dist import LOCAL, Comm, resolve_comm
 from ._input import as_2d_tensor, check_finite, check_scale, is_stored, stored_rows
 from ._kernels import GramFreeData
@@ -324,11 +330,41 @@ class DictionaryEstimator(nn.Module):
     def _before_solve(self) -> None:
         """Hook run once the input is checked, before the start is drawn (warnings)."""
 
+    def _warn_size(self, X: GramFreeData) -> None:
+        """Warn, before any work, when k exceeds the features or the memory looks too small.
+
+        The estimate counts the n x k matrices a fit holds (``Z``, ``W`` and one more of
+        their size: a gradient or a multiplicative-update numerator), each in the fit's dtype;
+        it is compared with the memory available now (CPU: ``MemAvailable`` in
+        ``/proc/meminfo``; CUDA: ``torch.cuda.mem_get_info``).
+        """
+        k, d = self.nb_concepts, X.d
+        if k > d:
+            warnings.warn(
+                f"nb_concepts={k} exceeds the {d} features of A: at most {d} concepts can be "
+                f"linearly independent, and every iteration costs O(n_rows x k). Use at most "
+                f"{d} (CLI: --concepts {d}).",
+                FitSizeWarning,
+                stacklevel=4,
+            )
+        need = 3 * X.n * k * torch.finfo(X.dtype).bits // 8
+        free = available_memory(X.device)
+        if free is not None and need > free:
+            warnings.warn(
+                f"this fit needs about {need / 2**30:.1f} GiB (n_rows {X.n:,} x k {k} x 3 "
+                f"matrices) but only {free / 2**30:.1f} GiB is available: expect swapping or "
+                f"an out-of-memory kill. Use fewer concepts, fewer rows (a row cap or a "
+                f"subset), or several processes (torchrun).",
+                FitSizeWarning,
+                stacklevel=4,
+            )
+
     def _fit(self, A, max_iter: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         """What every ``fit`` does: check, draw the start from a fresh generator, solve, record."""
         t0 = time.perf_counter()
         max_iter = self._fit_max_iter(max_iter)
         X = self._data(A)
+        self._warn_size(X)
         self._before_solve()
         self._gen = None  # one generator per fit, from the seed
         res = self._solve(X, max_iter, self._generator(X.device, X.comm))

@@ -6,12 +6,14 @@ import html
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from .._checks import check_positive_int
 from .._io import atomic_directory
 from ..concepts import (
     TRACK_MIN_LIFT,
@@ -25,6 +27,7 @@ from ..concepts import (
     top_samples,
 )
 from ..concepts.ranking import _as_codes
+from ..errors import TopKCappedWarning
 from ._common import short_id
 
 __all__ = ["ReportContext", "ReportSection", "write_report"]
@@ -300,6 +303,7 @@ def write_report(
             f"The estimator's dictionary has {D.shape[1]} features but the activations have "
             f"{acts.n_features}: pass the activations the estimator was fitted on."
         )
+    k = _cap_top(k, acts)
     if Z is None:
         Z = nmf.encode(acts.A)
     # Z is checked once here; the functions _build calls take it as given.
@@ -800,6 +804,29 @@ def accuracy_line(meta: dict) -> str | None:
             f"the class order and the preprocessing."
         )
     return line
+
+
+# Inputs per concept a report shows at most: its figures are one row of k thumbnails each.
+MAX_TOP = 64
+
+
+def _cap_top(k, acts) -> int:
+    """``k`` inputs per concept, capped at what the data holds and a figure can show.
+
+    Warns when ``k`` is past what any report shows (fewer inputs than a modest ``k`` is normal).
+    """
+    k = check_positive_int(k, "k")
+    # the rankings themselves stop at what the data holds (inputs by Z, rows by W)
+    cap = min(MAX_TOP, acts.n_rows)
+    if k > MAX_TOP:  # fewer inputs than a modest k is normal and not worth a word
+        shown = min(cap, acts.n_samples)
+        warnings.warn(
+            f"k={k} inputs per concept: showing {shown} (a report shows at most {MAX_TOP} per "
+            f"concept, and these activations hold {acts.n_samples} inputs, {acts.n_rows} rows).",
+            TopKCappedWarning,
+            stacklevel=3,
+        )
+    return min(k, cap)
 
 
 def _input_lines(meta: dict) -> list[str | None]:
