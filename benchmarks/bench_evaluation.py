@@ -72,7 +72,7 @@ def one(n: int, d: int, warm: bool, max_iter: int) -> dict:
                 "stability_seeds": r["stability_seeds"],
                 "not_converged": dt["not_converged"],
             }
-            for r, dt in zip(rows, ev.details)
+            for r, dt in zip(rows, ev.details, strict=True)
         ],
         "suggested_k": ev.suggested_k,
         "loadavg_after": os.getloadavg(),
