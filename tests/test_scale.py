@@ -36,3 +36,22 @@ def test_float64_fits_what_float32_refuses():
     A = _data().double() * 1e19
     Z, D = cp.ConvexNMF(3, seed=0, max_iter=30, tol=0, dtype=torch.float64).fit(A)
     assert torch.isfinite(Z).all() and torch.isfinite(D).all()
+
+
+@pytest.mark.parametrize("solver", ["mu", "pgd"])
+def test_a_rare_large_outlier_is_not_refused_for_its_peak(solver):
+    # the bound amax^2 * n * d (3e7^2 x 20000 x 32 = 6e20) is past float32's sqrt(max) but the
+    # real sum of squares (about 2e15) is far below it: such data fits, with finite codes
+    A = torch.rand(20000, 32, generator=torch.Generator().manual_seed(1))
+    A[[5, 700, 19000], [3, 0, 31]] = 3e7
+    nmf = cp.ConvexNMF(3, seed=0, solver=solver, max_iter=5, tol=0)
+    Z, D = nmf.fit(A)
+    assert torch.isfinite(Z).all() and torch.isfinite(D).all()
+    assert torch.isfinite(torch.as_tensor(nmf.loss_history_)).all()
+
+
+def test_many_large_values_are_refused_by_their_sum_of_squares():
+    # every |value| squares within float32 (1e18 < 1.8e19) but their sum does not
+    A = _data() * 1e9
+    with pytest.raises(InvalidParameterError, match=r"sum of their squares is .*Rescale"):
+        cp.ConvexNMF(3, seed=0, max_iter=5).fit(A)

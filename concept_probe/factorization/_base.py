@@ -253,7 +253,7 @@ class DictionaryEstimator(nn.Module):
             A = as_2d_tensor(A, name="A", dtype=dtype, device=device, allow_empty=comm.active)
         amax = check_finite(A, "A")
         maths = A.dtype if A.dtype in (torch.float32, torch.float64) else (dtype or torch.float32)
-        check_scale(amax, A.shape[0] * comm.world, A.shape[1], maths)
+        check_scale(A, amax, maths, world=comm.world)
         return A
 
     def _fit_comm(self) -> Comm:

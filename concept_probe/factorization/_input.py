@@ -165,31 +165,62 @@ def check_finite(t: torch.Tensor, name: str = "A") -> float:
     )
 
 
-def check_scale(amax: float, n_rows: int, n_features: int, dtype: torch.dtype, name="A") -> None:
+def _sum_squares(t: torch.Tensor, block_elems: int = 1 << 22) -> float:
+    """``||t||_F^2`` summed in float64 over row blocks (a memory map is read once, in blocks)."""
+    if t.numel() == 0:
+        return 0.0
+    rows = max(1, block_elems // max(1, t[0].numel())) if t.ndim >= 2 else t.shape[0]
+    out = 0.0
+    for s in range(0, t.shape[0], rows):
+        out += float(t[s : s + rows].to(torch.float64).square().sum())
+    return out
+
+
+def check_scale(
+    A: torch.Tensor, amax: float, dtype: torch.dtype, name: str = "A", world: int = 1
+) -> None:
     """Refuse values whose squares the fit's sums would overflow or flush to zero.
 
     The solvers sum squared values over rows and features (and the pgd step squares such a
-    sum): with ``amax**2 * n_rows * n_features`` past ``sqrt(finfo.max)`` they overflow to inf
-    and NaN (float32: |values| about 1e10 at 200 x 8 already), and below ``finfo.tiny**0.25``
-    the squares underflow and the codes come out wrong, silently. Convex NMF does not depend
-    on the scale of ``A`` (``Z`` and ``W`` are unchanged, ``D`` scales with ``A``), so the fix
-    is to rescale it.
+    sum): with ``||A||_F^2`` past ``sqrt(finfo.max)`` they overflow to inf and NaN (float32:
+    |values| about 1e10 at 200 x 8 already), and below ``finfo.tiny**0.25`` the squares
+    underflow and the codes come out wrong, silently. Convex NMF does not depend on the
+    scale of ``A`` (``Z`` and ``W`` are unchanged, ``D`` scales with ``A``), so the fix is to
+    rescale it.
+
+    The bound ``amax**2 * n_rows * n_features`` settles almost every input for free; only
+    when it does not is ``||A||_F^2`` summed (one float64 pass over ``A``), so a few large
+    outliers (a language model's residual stream holds some near 1e4) are not refused for
+    what the bulk of the values does not do. In a data-parallel fit (``world`` ranks) each
+    rank scales its own sum by ``world``, the total if the ranks hold alike data.
     """
     if amax == 0.0:
         return
     info = torch.finfo(dtype if dtype.is_floating_point else torch.float32)
-    load = amax * amax * max(1, n_rows) * max(1, n_features)
-    if load <= math.sqrt(info.max) and amax >= info.tiny**0.25:
-        return
-    where = "large" if amax > 1 else "small"
+    limit = math.sqrt(info.max)
+    n_rows, n_features = A.shape[0] * world, A.shape[1]
+    small = amax < info.tiny**0.25
+    total = None
+    if not small:
+        if amax * amax * max(1, n_rows) * max(1, n_features) <= limit:
+            return
+        if amax * amax <= limit:
+            total = _sum_squares(A) * world
+            if total <= limit:
+                return
+    where = "small" if small else "large"
+    size = (
+        f"the sum of their squares is {total:.3g}, past {limit:.3g}"
+        if total is not None
+        else f"about {amax:.1g}^2 x {n_rows} rows x {n_features} features"
+    )
     raise InvalidParameterError(
         f"{name}'s values are too {where} to fit in {str(dtype).replace('torch.', '')}: the "
         f"largest |value| is {amax:.3g}, so the fit's sums of squares would "
-        f"{'overflow' if where == 'large' else 'underflow'} (about {amax:.1g}^2 x {n_rows} rows "
-        f"x {n_features} features). Rescale it first, e.g. {name} = {name} / "
-        f"{name}.abs().max() (the factorisation does not depend on the scale: {name} / s "
-        f"gives the same Z and W, and D / s; an l1_penalty scales by 1 / s^2), or fit in "
-        f"float64 (dtype=torch.float64).",
+        f"{'underflow' if small else 'overflow'} ({size}). Rescale it first, e.g. "
+        f"{name} = {name} / {name}.abs().max() (the factorisation does not depend on the "
+        f"scale: {name} / s gives the same Z and W, and D / s; an l1_penalty scales by "
+        f"1 / s^2), or fit in float64 (dtype=torch.float64).",
         param=name,
     )
 
