@@ -1,6 +1,13 @@
 """Ranking concepts by Z (top-activating samples) and by W (the rows that make them up).
 
 Pure functions of tensors plus row provenance; nothing here draws.
+
+Both rankings also run over a data-parallel fit without gathering ``Z`` or ``W``
+(``distributed=True`` or ``process_group=``, called on every rank with that rank's rows): each
+rank takes its own top ``k`` per concept (values and global row indices, the local index plus
+the rank's offset), one ``all_gather`` moves ``k`` values and indices per concept and rank,
+and every rank merges them with ties broken by the lower global row, so the result is exactly
+the one-process ranking of the concatenated rows.
 """
 
 from __future__ import annotations
@@ -104,8 +111,70 @@ def _top(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return order, values.gather(-1, order)
 
 
+def _comm(distributed: bool, process_group):
+    """The communicator of a distributed ranking, or None for a one-process one."""
+    if distributed not in (True, False):
+        raise TypeError(f"distributed must be True or False; got {distributed!r}.")
+    if not distributed and process_group is None:
+        return None
+    from ..factorization._dist import resolve_comm
+
+    return resolve_comm(True, process_group)
+
+
+def _top_global(values: torch.Tensor, k: int, comm, what: str):
+    """Top ``k`` along the last axis of ``(C, n_rank)`` shards, over every rank.
+
+    Returns ``(rows, values, n_total)``: ``rows`` are global row indices (rank order), the
+    same on every rank and equal to :func:`_top` of the concatenated shards, ties included.
+    """
+    from ..factorization._dist import _DTYPE_CODES
+
+    C, n_local = values.shape
+    layout = comm.gather_ints(
+        [n_local, C, _DTYPE_CODES.get(values.dtype, 0)], what=f"{what}: shard layout"
+    )
+    for col, label in ((1, "the number of concepts"), (2, "the dtype")):
+        if len(set(layout[:, col].tolist())) > 1:
+            per_rank = ", ".join(f"rank {r}: {v}" for r, v in enumerate(layout[:, col].tolist()))
+            raise ValueError(
+                f"{what}: the ranks disagree on {label} ({per_rank}); every rank must pass its "
+                f"rows of the same fit."
+            )
+    sizes = layout[:, 0].tolist()
+    n_total, offset = int(sum(sizes)), int(sum(sizes[: comm.rank]))
+    k = min(k, n_total)
+    if k == 0:  # no rows on any rank (every rank knows it): nothing to gather
+        empty = torch.zeros((C, 0), dtype=torch.int64, device=values.device)
+        return empty, values.new_zeros((C, 0)), n_total
+    # This rank's candidates, padded to k so every rank sends the same shape.
+    rows, vals = _top(values, min(k, n_local))
+    send_rows = torch.full((C, k), -1, dtype=torch.int64, device=values.device)
+    send_vals = values.new_zeros((C, k))
+    send_rows[:, : rows.shape[1]] = rows + offset
+    send_vals[:, : vals.shape[1]] = vals
+    all_rows = comm.all_gather(send_rows, what=f"{what}: top rows")  # (world, C, k)
+    all_vals = comm.all_gather(send_vals, what=f"{what}: top values")
+    keep = torch.cat([torch.arange(k) < min(k, s) for s in sizes]).to(values.device)
+    cand_rows = all_rows.permute(1, 0, 2).reshape(C, -1)[:, keep]
+    cand_vals = all_vals.permute(1, 0, 2).reshape(C, -1)[:, keep]
+    # Candidates by global row, then a stable sort by value: ties go to the lower row, as in
+    # the one-process ranking (the global top k is within the union of the per-rank top k).
+    by_row = torch.sort(cand_rows, dim=-1).indices
+    cand_rows, cand_vals = cand_rows.gather(-1, by_row), cand_vals.gather(-1, by_row)
+    order, top_vals = _top(cand_vals, k)
+    return cand_rows.gather(-1, order), top_vals, n_total
+
+
 def top_samples(
-    Z, acts=None, concept: int | None = None, k: int = 9, reduce: str = "max"
+    Z,
+    acts=None,
+    concept: int | None = None,
+    k: int = 9,
+    reduce: str = "max",
+    *,
+    distributed: bool = False,
+    process_group=None,
 ) -> TopSamples:
     """Samples with the highest score for a concept (or for every concept).
 
@@ -122,6 +191,16 @@ def top_samples(
         How many samples (fewer if there are fewer samples).
     reduce : {'max', 'mean'}, default='max'
         Pooling over a sample's rows.
+    distributed : bool, default=False
+        Rank the rows of a data-parallel fit: call on every rank with that rank's rows of
+        ``Z`` (``ConvexNMF.fit``'s return value; ranks in row order, any may be empty).
+        ``indices`` are then **global** row indices and every rank gets the same answer,
+        exactly the one-process ranking of the concatenated ``Z`` (ties to the lower row).
+        ``Z`` is never gathered: ``k`` values and rows per concept and rank travel. Rows
+        are ranked, not pooled samples (a sample's rows may straddle ranks), so ``acts``
+        must be ``None``; map rows to inputs with ``acts.sample[indices]``.
+    process_group : ProcessGroup, optional
+        The group to rank over (implies ``distributed=True``; default: the default group).
 
     Returns
     -------
@@ -136,6 +215,22 @@ def top_samples(
     >>> idx.tolist(), scores.tolist()
     ([1, 2], [3.0, 2.0])
     """
+    comm = _comm(distributed, process_group) if acts is None else None
+    if acts is not None and (distributed or process_group is not None):
+        raise ValueError(
+            "top_samples(distributed=True) ranks rows, not pooled samples (a sample's rows "
+            "may lie on two ranks): pass acts=None and map the returned global rows to "
+            "inputs with acts.sample[indices]."
+        )
+    if comm is not None:
+        Z = _as_codes(Z)
+        _check_concept(concept, Z.shape[1])
+        k = check_positive_int(k, "k", fix="It is how many samples to return.")
+        values = Z.T.contiguous() if concept is None else Z[:, int(concept)].reshape(1, -1)
+        rows, scores, _ = _top_global(values, k, comm, "top_samples")
+        if concept is not None:
+            rows, scores = rows[0], scores[0]
+        return TopSamples(rows, scores)
     S = sample_scores(Z, acts, reduce)
     _check_concept(concept, S.shape[1])
     k = _check_k(k, S.shape[0], "samples")
@@ -169,7 +264,15 @@ class ConceptPrototypes:
     position: torch.Tensor | None = None
 
 
-def concept_prototypes(W, acts=None, concept: int = 0, k: int = 9) -> ConceptPrototypes:
+def concept_prototypes(
+    W,
+    acts=None,
+    concept: int = 0,
+    k: int = 9,
+    *,
+    distributed: bool = False,
+    process_group=None,
+) -> ConceptPrototypes:
     """The training rows with the largest convex weights in a concept.
 
     ``D[c] = W[c] @ A``: concept ``c`` is the weighted sum of the rows of ``A`` with weights
@@ -183,6 +286,15 @@ def concept_prototypes(W, acts=None, concept: int = 0, k: int = 9) -> ConceptPro
         Provenance of the training rows (the activations the estimator was fitted on).
     concept : int, default=0
     k : int, default=9
+    distributed : bool, default=False
+        Rank the columns of a data-parallel fit: call on every rank with that rank's columns
+        of ``W`` (``ConvexNMF.W`` after a distributed fit; ranks in row order, any may be
+        empty). ``rows`` are then **global** row indices, the same on every rank and exactly
+        the one-process ranking (ties to the lower row); ``share`` divides by the concept's
+        total weight summed over the ranks. ``W`` is never gathered. ``acts``, if given,
+        must be the whole activations (all ranks' rows), for example memory-mapped.
+    process_group : ProcessGroup, optional
+        The group to rank over (implies ``distributed=True``; default: the default group).
 
     Returns
     -------
@@ -198,15 +310,34 @@ def concept_prototypes(W, acts=None, concept: int = 0, k: int = 9) -> ConceptPro
     """
     W = _as_codes(W, "W")
     _check_concept(concept, W.shape[0])
-    if acts is not None and W.shape[1] != acts.n_rows:
-        raise ValueError(
-            f"W has {W.shape[1]} columns but the activations have {acts.n_rows} rows: W's "
-            f"columns are the training rows, so pass the activations the model was fitted on."
+    comm = _comm(distributed, process_group)
+    if comm is not None:
+        k = check_positive_int(k, "k", fix="It is how many rows to return.")
+        concept = int(concept)
+        rows, weights, n_total = _top_global(
+            W[concept].reshape(1, -1), k, comm, "concept_prototypes"
         )
-    k = _check_k(k, W.shape[1], "rows")
-    concept = int(concept)
-    rows, weights = _top(W[concept], k)
-    total = W[concept].sum()
+        rows, weights = rows[0], weights[0]
+        total = W[concept].sum().reshape(1).to(comm.device_for_backend())
+        comm.sum_(total, what="concept_prototypes: total weight")
+        total = total[0].to(W.device)
+        if acts is not None and n_total != acts.n_rows:
+            raise ValueError(
+                f"the ranks' W have {n_total} columns in all but the activations have "
+                f"{acts.n_rows} rows: with distributed=True pass the whole activations the "
+                f"model was fitted on (every rank's rows), or acts=None."
+            )
+    else:
+        if acts is not None and W.shape[1] != acts.n_rows:
+            raise ValueError(
+                f"W has {W.shape[1]} columns but the activations have {acts.n_rows} rows: W's "
+                f"columns are the training rows, so pass the activations the model was fitted "
+                f"on."
+            )
+        k = _check_k(k, W.shape[1], "rows")
+        concept = int(concept)
+        rows, weights = _top(W[concept], k)
+        total = W[concept].sum()
     share = weights / total if float(total) > 0 else torch.zeros_like(weights)
     sample = position = None
     if acts is not None:

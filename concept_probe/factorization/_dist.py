@@ -139,6 +139,22 @@ class Comm:
         self.sum_(out, what=what)
         return out
 
+    def all_gather(self, x: torch.Tensor, what: str = "gather") -> torch.Tensor:
+        """Every rank's ``x`` (the same shape and dtype on all ranks), stacked in rank order.
+
+        Returns a ``(world, *x.shape)`` tensor on ``x``'s device (one ``all_gather`` call; any
+        dtype, unlike :meth:`gather_rows`, whose sum would turn ``-inf`` padding into NaN).
+        """
+        if not self.active:
+            return x.unsqueeze(0)
+        dev = self.device_for_backend()
+        mine = x.detach().to(dev).contiguous()
+        out = [torch.empty_like(mine) for _ in range(self.world)]
+        self.bytes += mine.numel() * mine.element_size()
+        self.calls += 1
+        self._run(what, _dist().all_gather, out, mine, group=self.group)
+        return torch.stack(out).to(x.device)
+
     def device_for_backend(self) -> torch.device:
         """Where small bookkeeping tensors must live for this group's backend."""
         if not self.active:
