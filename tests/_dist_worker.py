@@ -92,7 +92,7 @@ def fit_case(case, A, **extra):
         "losses": torch.tensor(est.loss_history_, dtype=torch.float64),
         "error": est.reconstruction_error_,
         "row_range": est.row_range_,
-        "n_samples": est.n_samples_fit_,
+        "n_samples": est.n_rows_fit_,
     }
 
 

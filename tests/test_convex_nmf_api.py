@@ -64,7 +64,8 @@ def test_fit_exposes_what_was_learned_and_how(fitted):
     assert nmf.converged_ is False
     assert 0 < nmf.reconstruction_error_ < 1
     assert nmf.mixed_sign_ is True
-    assert nmf.n_samples_fit_ == 120 and nmf.n_features_in_ == 10
+    assert nmf.n_rows_fit_ == 120 and nmf.n_features_in_ == 10
+    assert nmf.n_samples_fit_ == 120  # scikit-learn's name for the same count
     torch.testing.assert_close(nmf.get_dictionary(), D)
     torch.testing.assert_close(nmf.decode(Z), Z @ D)
 
@@ -154,7 +155,7 @@ def test_public_inits_are_seeded_and_shaped():
         ({}, "not data", TypeError, "torch.Tensor, a numpy.ndarray"),
         ({"nb_concepts": 0}, torch.rand(5, 3), ValueError, "positive integer"),
         ({"nb_concepts": 2.5}, torch.rand(5, 3), ValueError, "positive integer"),
-        ({"nb_concepts": 9}, torch.rand(5, 3), ValueError, r"nb_concepts=9 .* n_samples=5"),
+        ({"nb_concepts": 9}, torch.rand(5, 3), ValueError, r"nb_concepts=9 .* n_rows=5"),
         (
             {"solver": "adam"},
             torch.rand(5, 3),
@@ -308,6 +309,25 @@ def test_save_load_file_round_trip(fitted, tmp_path):
     small = ConvexNMF.load(nmf.save(tmp_path / "noW.safetensors", include_W=False))
     assert small.W.numel() == 0 and small.fitted
     torch.testing.assert_close(small.encode(A), nmf.encode(A))
+
+
+def test_files_from_before_rows_and_inputs_were_named_apart_still_load(fitted, tmp_path):
+    # older files recorded the fit's row count as "n_samples_fit"
+    from safetensors import safe_open
+
+    from concept_probe._io import save_tensors_atomic
+
+    nmf, *_ = fitted
+    path = nmf.save(tmp_path / "new.safetensors")
+    with safe_open(str(path), "pt") as f:
+        header = json.loads(f.metadata()["concept_probe"])
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    assert header["fit"]["n_rows_fit"] == 120 and "n_samples_fit" not in header["fit"]
+    header["fit"]["n_samples_fit"] = header["fit"].pop("n_rows_fit")
+    old = tmp_path / "old.safetensors"
+    save_tensors_atomic(tensors, old, metadata={"concept_probe": json.dumps(header)})
+    loaded = ConvexNMF.load(old)
+    assert loaded.n_rows_fit_ == 120 and loaded.n_samples_fit_ == 120
 
 
 def test_file_header_is_readable_json(fitted, tmp_path):

@@ -184,7 +184,7 @@ def _convex_from_start(nmf, A, Z0, W0, max_iter: int) -> tuple[torch.Tensor, tor
     nmf.W = res.Wt.T.contiguous()
     nmf.D = res.D
     nmf.n_iter_, nmf.loss_history_, nmf.converged_ = res.n_iter, res.losses, res.converged
-    nmf.n_samples_fit_, nmf.n_features_in_ = X.n, X.d
+    nmf.n_rows_fit_, nmf.n_features_in_ = X.n, X.d
     nmf.mixed_sign_ = X.mixed
     nmf.reconstruction_error_ = float(
         torch.sqrt(X.residual_norm2(res.Z, res.D) / X.norm2.clamp(min=1e-300))

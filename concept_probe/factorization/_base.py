@@ -51,7 +51,7 @@ _FIT_RECORD = (
     "converged",
     "reconstruction_error",
     "loss_history",
-    "n_samples_fit",
+    "n_rows_fit",
     "n_features_in",
     "mixed_sign",
     "fit_time",
@@ -172,7 +172,7 @@ class DictionaryEstimator(nn.Module):
         if self.fitted:
             self.n_features_in_ = int(self.D.shape[1])
             if self.W.numel():
-                self.n_samples_fit_ = int(self.W.shape[1])
+                self.n_rows_fit_ = int(self.W.shape[1])
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
@@ -297,8 +297,8 @@ class DictionaryEstimator(nn.Module):
         )
         if self.nb_concepts > X.n_total:
             raise ValueError(
-                f"nb_concepts={self.nb_concepts} is larger than the number of samples "
-                f"n_samples={X.n_total} in A (shape {(X.n_total, X.d)}); each concept needs "
+                f"nb_concepts={self.nb_concepts} is larger than the number of rows "
+                f"n_rows={X.n_total} in A (shape {(X.n_total, X.d)}); each concept needs "
                 f"rows to be made of. Use nb_concepts <= {X.n_total}, or give more rows."
             )
         return X
@@ -371,6 +371,19 @@ class DictionaryEstimator(nn.Module):
         self._record_fit(X, res, time.perf_counter() - t0)
         return res.Z, res.D
 
+    @property
+    def n_samples_fit_(self) -> int | None:
+        """scikit-learn's name for :attr:`n_rows_fit_`: the rows of ``A`` the fit saw.
+
+        concept_probe calls an image or text an input (a *sample*, ``acts.n_samples``) and
+        each of its positions or tokens a row; a fit sees rows.
+        """
+        return self.n_rows_fit_
+
+    @n_samples_fit_.setter
+    def n_samples_fit_(self, value: int | None) -> None:
+        self.n_rows_fit_ = value
+
     def _reset_fit_record(self) -> None:
         for name in _FIT_RECORD:
             setattr(self, f"{name}_", None)
@@ -385,7 +398,7 @@ class DictionaryEstimator(nn.Module):
         self.loss_history_ = res.losses
         self.converged_ = res.converged
         self.mixed_sign_ = X.mixed
-        self.n_samples_fit_, self.n_features_in_ = X.n_total, X.d
+        self.n_rows_fit_, self.n_features_in_ = X.n_total, X.d
         self.row_range_ = [X.offset, X.offset + X.n]  # this rank's columns of W
         self.n_ranks_ = X.comm.world
         self.reconstruction_error_ = float(
@@ -395,7 +408,7 @@ class DictionaryEstimator(nn.Module):
 
     # ---------------------------------------------------------- sanitisers (seed API)
     def sanitize_np_input(self, x) -> np.ndarray:
-        """Return ``x`` as a float32 numpy array of shape (n_samples, n_features).
+        """Return ``x`` as a float32 numpy array of shape (n_rows, n_features).
 
         Parameters
         ----------
@@ -405,13 +418,13 @@ class DictionaryEstimator(nn.Module):
 
         Returns
         -------
-        ndarray of shape (n_samples, n_features), dtype float32
+        ndarray of shape (n_rows, n_features), dtype float32
         """
         t = as_2d_tensor(x, name="A", dtype=torch.float32, device=torch.device("cpu"))
         return t.numpy()
 
     def sanitize_np_codes(self, z) -> np.ndarray:
-        """Return codes as a float32 numpy array of shape (n_samples, nb_concepts).
+        """Return codes as a float32 numpy array of shape (n_rows, nb_concepts).
 
         Raises
         ------
@@ -441,11 +454,11 @@ class DictionaryEstimator(nn.Module):
 
         Parameters
         ----------
-        Z : Tensor or ndarray of shape (n_samples, nb_concepts)
+        Z : Tensor or ndarray of shape (n_rows, nb_concepts)
 
         Returns
         -------
-        Tensor of shape (n_samples, n_features)
+        Tensor of shape (n_rows, n_features)
         """
         self._check_fitted("decode")
         Z = as_2d_tensor(Z, name="Z", dtype=self.D.dtype, device=self.D.device)
@@ -662,7 +675,9 @@ class DictionaryEstimator(nn.Module):
         est.D = tensors["D"].to(dev, copy=True)
         if "W" in tensors:
             est.W = tensors["W"].to(dev, copy=True)
-        fit = header.get("fit", {})
+        fit = dict(header.get("fit", {}))
+        if "n_samples_fit" in fit:  # files written before rows and inputs were told apart
+            fit.setdefault("n_rows_fit", fit.pop("n_samples_fit"))
         for name in _FIT_RECORD:
             setattr(est, f"{name}_", fit.get(name))
         est.loss_history_ = list(fit.get("loss_history") or [])

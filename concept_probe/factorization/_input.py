@@ -113,8 +113,7 @@ def as_2d_tensor(
         elif t.ndim == 1:
             hint = " For a single sample use A.reshape(1, -1); for one feature A.reshape(-1, 1)."
         raise ValueError(
-            f"{name} must have 2 dimensions (n_samples, n_features); got shape "
-            f"{tuple(t.shape)}.{hint}"
+            f"{name} must have 2 dimensions (n_rows, n_features); got shape {tuple(t.shape)}.{hint}"
         )
     if (t.shape[0] == 0 and not allow_empty) or t.shape[1] == 0:
         raise ValueError(

@@ -37,7 +37,7 @@ class ConvexNMF(DictionaryEstimator):
     Parameters
     ----------
     nb_concepts : int
-        Number of concepts ``k`` (``1 <= k <= n_samples``).
+        Number of concepts ``k`` (``1 <= k <= n_rows``).
     device : str or torch.device, default='cpu'
         Where the fit runs (``'cpu'``, ``'cuda'``, ``'cuda:1'``, ...); inputs are moved there.
     tol : float, default=1e-4
@@ -109,7 +109,7 @@ class ConvexNMF(DictionaryEstimator):
 
     Attributes
     ----------
-    W : Tensor of shape (nb_concepts, n_samples)
+    W : Tensor of shape (nb_concepts, n_rows)
         Convex weights learned by ``fit`` (buffer).
     D : Tensor of shape (nb_concepts, n_features)
         Dictionary ``W A`` (buffer).
@@ -125,6 +125,10 @@ class ConvexNMF(DictionaryEstimator):
         Whether ``A`` had negative entries (the ``P, N`` split was used by ``mu``).
     fit_time_ : float
         Seconds spent in ``fit``.
+    n_rows_fit_, n_features_in_ : int
+        Shape of the ``A`` the fit saw (all ranks' rows). ``n_samples_fit_`` is the same
+        count under scikit-learn's name: concept_probe keeps "sample" for an input (an image
+        or a text, ``acts.n_samples``) and "row" for one of its positions or tokens.
 
     Examples
     --------
@@ -220,11 +224,11 @@ class ConvexNMF(DictionaryEstimator):
 
         Parameters
         ----------
-        A : Tensor or ndarray of shape (n_samples, n_features)
+        A : Tensor or ndarray of shape (n_rows, n_features)
 
         Returns
         -------
-        Z : Tensor of shape (n_samples, nb_concepts)
+        Z : Tensor of shape (n_rows, nb_concepts)
         """
         X = self._data(A)
         return random_z(
@@ -242,11 +246,11 @@ class ConvexNMF(DictionaryEstimator):
 
         Parameters
         ----------
-        A : Tensor or ndarray of shape (n_samples, n_features)
+        A : Tensor or ndarray of shape (n_rows, n_features)
 
         Returns
         -------
-        W : Tensor of shape (nb_concepts, n_samples)
+        W : Tensor of shape (nb_concepts, n_rows)
         """
         X = self._data(A)
         return random_w(
@@ -269,8 +273,8 @@ class ConvexNMF(DictionaryEstimator):
 
         Returns
         -------
-        Z : Tensor of shape (n_samples, nb_concepts)
-        W : Tensor of shape (nb_concepts, n_samples)
+        Z : Tensor of shape (n_rows, nb_concepts)
+        W : Tensor of shape (nb_concepts, n_rows)
         """
         return self._init_kmeans(self._data(A))
 
@@ -283,14 +287,14 @@ class ConvexNMF(DictionaryEstimator):
 
         Parameters
         ----------
-        A : Tensor or ndarray of shape (n_samples, n_features)
+        A : Tensor or ndarray of shape (n_rows, n_features)
         max_snmf_iters : int, default=100
             Iterations of the Semi-NMF fit.
 
         Returns
         -------
-        Z : Tensor of shape (n_samples, nb_concepts)
-        W : Tensor of shape (nb_concepts, n_samples)
+        Z : Tensor of shape (n_rows, nb_concepts)
+        W : Tensor of shape (nb_concepts, n_rows)
         """
         max_snmf_iters = self._check_max_iter(max_snmf_iters, "max_snmf_iters")
         return self._init_semi_nmf(self._data(A), max_snmf_iters)
@@ -320,7 +324,7 @@ class ConvexNMF(DictionaryEstimator):
         Parameters
         ----------
         A : Tensor, ndarray, DataLoader, iterable of batches, Activations or path
-            Activations of shape (n_samples, n_features), finite, any sign. Iterables are
+            Activations of shape (n_rows, n_features), finite, any sign. Iterables are
             concatenated. A saved Activations folder (its path, or the object loaded with
             ``Activations.load(path, mmap=True)``) is read block by block from disk, in the
             dtype it was stored in, so ``A`` never has to be resident; in a distributed fit
@@ -331,7 +335,7 @@ class ConvexNMF(DictionaryEstimator):
 
         Returns
         -------
-        Z : Tensor of shape (n_samples, nb_concepts)
+        Z : Tensor of shape (n_rows, nb_concepts)
             Non-negative codes of the training rows.
         D : Tensor of shape (nb_concepts, n_features)
             The dictionary ``W A``; ``W`` itself is in ``self.W``.
@@ -340,7 +344,7 @@ class ConvexNMF(DictionaryEstimator):
         ------
         ValueError
             For a bad argument or input (not 2-D, empty, NaN/Inf, ``nb_concepts`` larger
-            than ``n_samples``, unknown solver or init, negative ``l1_penalty``, unavailable
+            than ``n_rows``, unknown solver or init, negative ``l1_penalty``, unavailable
             device).
         """
         return self._fit(A, max_iter)

@@ -50,13 +50,13 @@ class SemiNMF(DictionaryEstimator):
 
         Parameters
         ----------
-        A : Tensor, ndarray, DataLoader or iterable of batches, shape (n_samples, n_features)
+        A : Tensor, ndarray, DataLoader or iterable of batches, shape (n_rows, n_features)
         max_iter : int, optional
             Iterations at most; defaults to 500, or to the constructor's ``max_iter``.
 
         Returns
         -------
-        Z : Tensor of shape (n_samples, nb_concepts)
+        Z : Tensor of shape (n_rows, nb_concepts)
         D : Tensor of shape (nb_concepts, n_features)
         """
         return self._fit(A, max_iter)
