@@ -478,10 +478,19 @@ class DictionaryEstimator(nn.Module):
         ``concept_probe.factorization._nnls``). It never uses the training
         rows: any number of new rows can be encoded.
 
+        Every row is solved on its own, so encoding is local: after a data-parallel fit
+        (``D`` is replicated) each rank encodes its own new rows and nothing is
+        communicated, whatever ``distributed`` says; no process group is needed (it may
+        already be destroyed), and the ranks' codes, concatenated, are the one-process
+        codes of the concatenated rows. A rank with no new rows passes a ``(0,
+        n_features)`` tensor and gets ``(0, nb_concepts)`` codes.
+
         Parameters
         ----------
         A : Tensor, ndarray, DataLoader or iterable of batches, shape (n_rows, n_features)
-            Rows to encode. Iterables are encoded batch by batch (never concatenated).
+            Rows to encode (zero rows allowed for a tensor or array). Iterables are encoded
+            batch by batch (never concatenated); one that yields no batch is refused (its
+            width cannot be checked, and an exhausted generator is the usual cause).
         max_iter : int, default=300
             Active-set iterations at most, per block of rows (each adds one coordinate to
             the support of the rows that still violate the KKT conditions; typically a
@@ -523,7 +532,7 @@ class DictionaryEstimator(nn.Module):
                 info.merge(inf)
 
         if isinstance(A, (torch.Tensor, np.ndarray)) or not isinstance(A, Iterable):
-            run(as_2d_tensor(A, name="A", dtype=dt, device=dev))
+            run(as_2d_tensor(A, name="A", dtype=dt, device=dev, allow_empty=True))
         else:
             n_batches = 0
             for batch in A:
@@ -540,7 +549,7 @@ class DictionaryEstimator(nn.Module):
                 ConvergenceWarning,
                 stacklevel=2,
             )
-        return torch.cat(out, dim=0)
+        return torch.cat(out, dim=0) if out else D.new_zeros(0, k)
 
     # ------------------------------------------------------------------ files
     def _config(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ __all__ = [
     "random_w",
     "random_z",
     "rescale_to_data",
+    "sample_without_replacement",
     "semi_nmf_start",
 ]
 
@@ -33,6 +34,49 @@ _SMOOTHING = 0.2
 _RANDOM_CHUNK = 65_536
 #: rows k-means seeds and iterates on (a uniform subsample of larger data)
 KMEANS_SAMPLE = 65_536
+#: below ``n <= _PERMUTE_FACTOR * m`` a subsample is the head of a permutation (O(n) = O(m))
+_PERMUTE_FACTOR = 4
+
+
+def sample_without_replacement(n: int, m: int, *, generator: torch.Generator) -> torch.Tensor:
+    """``m`` distinct indices drawn uniformly from ``range(n)``, in O(m) time and memory.
+
+    Every ``m``-subset is equally likely, and the draw depends only on ``(n, m)`` and the
+    generator's state, so ranks that share the generator's state draw the same indices
+    (nothing is communicated). Returned in draw order, on ``generator.device`` (int64).
+
+    The rule:
+
+    * ``n <= 4 m``: the first ``m`` entries of ``torch.randperm(n)`` (O(n), which is O(m)
+      here);
+    * otherwise: sequential rejection sampling, vectorised. Indices are drawn with
+      replacement in batches (``torch.randint``), repeats of an index already drawn are
+      dropped (the first occurrence in draw order is kept), and batches are drawn until
+      ``m`` distinct indices are in hand; the first ``m`` in draw order are kept. Keeping a
+      prefix of the draw order is what makes the result uniform (the same as drawing one
+      index at a time and redrawing a repeat). At most a quarter of the range is ever
+      taken, so a draw is new with probability at least 3/4 and one or two batches of about
+      ``4/3 m`` draws suffice; a fit of ``n = 2.5e8`` rows never allocates the ``2 GB``
+      permutation.
+    """
+    n, m = int(n), int(m)
+    if m < 0 or m > n:
+        raise ValueError(f"cannot draw {m} distinct indices from range({n}); need 0 <= m <= n.")
+    dev = generator.device
+    if n <= _PERMUTE_FACTOR * m:
+        return torch.randperm(n, generator=generator, device=dev)[:m]
+    taken = torch.empty(0, dtype=torch.int64, device=dev)
+    while taken.numel() < m:
+        need = m - taken.numel()
+        # Expected new indices per draw >= 1 - m / n >= 3/4: draw a little more than needed.
+        batch = need + (need * m) // (n - m) + 16
+        draws = torch.randint(0, n, (batch,), generator=generator, device=dev)
+        pool = torch.cat([taken, draws])
+        uniq, inverse = torch.unique(pool, return_inverse=True)
+        first = torch.full((uniq.numel(),), pool.numel(), dtype=torch.int64, device=dev)
+        first.scatter_reduce_(0, inverse, torch.arange(pool.numel(), device=dev), reduce="amin")
+        taken = pool[first.sort().values[:m]]  # first occurrences, in draw order
+    return taken
 
 
 def _chunked_uniform(
@@ -192,6 +236,8 @@ def kmeans(
     Seeding and Lloyd's iterations run on a uniform subsample of at most ``sample`` rows
     (the centres of 65k rows are as good a start as those of millions, at a fraction of the
     cost), taken in row order; every row is then assigned to its nearest centre in one pass.
+    The subsample's global row indices come from :func:`sample_without_replacement`, in
+    O(``sample``) memory and time whatever the number of rows, the same on every rank.
     An emptied cluster is re-seeded with the row farthest from its centre.
 
     In a data-parallel fit (``X.comm``) each rank keeps its own rows of the subsample: the
@@ -222,7 +268,7 @@ def kmeans(
     n, d = X.n_total, X.d
     dev, dt = X.device, X.dtype
     if n > sample:
-        idx = torch.randperm(n, generator=generator, device=generator.device)[:sample]
+        idx = sample_without_replacement(n, sample, generator=generator)
         idx = idx.sort().values.to(dev) - X.offset
         idx = idx[(idx >= 0) & (idx < X.n)]
         SA = X.rows(idx)
