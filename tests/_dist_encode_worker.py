@@ -6,8 +6,8 @@ Usage: python _dist_encode_worker.py SCENARIO RANK WORLD PORT OUT [ACTS].
   then encode this rank's share of new rows while every ``torch.distributed`` collective is
   counted, then destroy the group and encode again. Saves OUT/rank<RANK>.pt.
 * ``cli-dies`` / ``cli-hangs``: run ``concept-probe fit ACTS --out OUT/fit`` with the
-  environment ``torchrun`` sets; rank 1 dies (``os._exit``) or stops answering at its 25th
-  collective, mid-fit. The process exits with the command's code; rank 0 saves how long the
+  environment ``torchrun`` sets; rank 1 dies (``os._exit``) or stops answering in the third
+  iteration of the solver. The process exits with the command's code; rank 0 saves how long the
   command took after its first collective to OUT/rank0.pt.
 """
 
@@ -157,17 +157,19 @@ def scenario_cli(rank: int, world: int, out: str, acts: str, mode: str) -> int:
         CONCEPT_PROBE_DIST_TIMEOUT=os.environ["CP_TEST_TIMEOUT"],
     )
     reduce = _dist.Comm._reduce
-    state = {"calls": 0, "first": None}
+    state = {"calls": 0, "solver_calls": 0, "first": None, "what": None}
 
-    def faulty(self, *args, **kwargs):
+    def faulty(self, tensors, op, what):
         state["calls"] += 1
         state["first"] = state["first"] or time.monotonic()
-        if rank == 1 and state["calls"] == 25:
+        state["what"] = what
+        state["solver_calls"] += what.startswith("mu:")
+        if rank == 1 and state["solver_calls"] == 6:  # in the third iteration of the solver
             if mode == "dies":
                 os._exit(17)
             time.sleep(2 * float(os.environ["CP_TEST_TIMEOUT"]) + 2)  # hangs, then gone
             os._exit(0)
-        return reduce(self, *args, **kwargs)
+        return reduce(self, tensors, op, what)
 
     _dist.Comm._reduce = faulty
     argv = ["fit", acts, "--out", os.path.join(out, "outs", "fit"), "--concepts", str(K)]

@@ -118,6 +118,7 @@ def test_a_dead_or_hung_rank_fails_the_fit_command_and_writes_nothing(groups, sc
     assert "DistributedError" not in lines[0]  # the message, not a traceback
     assert "rank 0 of 2: the collective" in lines[0] and "nothing was written" in lines[0]
     # The connection drop ends rank 0 at once; a silent rank after the group's timeout (5 s).
+    assert res["what"].startswith("mu:") and res["solver_calls"] == 6, res  # mid-iteration
     took = res["seconds_after_first_collective"]
     assert took < 30 if scenario == "cli-dies" else 4 < took < 45, res
     # No fit folder, no temporary: only the (released) lock file beside where it would be.
