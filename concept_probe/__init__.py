@@ -41,6 +41,7 @@ from .errors import (
     LayerNotFoundError,
     NotFittedError,
     PreprocessingWarning,
+    TruncationWarning,
     UnsafeCheckpointError,
     UnscaledL1Warning,
 )
@@ -117,6 +118,7 @@ __all__ = [
     "SavedFit",
     "SemiNMF",
     "TopSamples",
+    "TruncationWarning",
     "UnsafeCheckpointError",
     "UnscaledL1Warning",
     "WeightCoverage",

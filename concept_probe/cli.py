@@ -111,6 +111,14 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
         help="inputs per forward pass (default: %(default)s)",
     )
     g.add_argument(
+        "--max-length",
+        type=int,
+        metavar="N",
+        help="texts: tokens kept per text, special tokens included, up to the model's position "
+        "limit (default: 128, or that limit if smaller); longer texts are cut, with a warning "
+        "saying how many",
+    )
+    g.add_argument(
         "--n-images",
         type=int,
         default=600,
@@ -245,11 +253,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     lay = sub.add_parser("layers", help="list a model's layers and their output shapes")
     lay.add_argument(
-        "--model", help="timm model name or 'package.module:factory' (default: the demo model)"
+        "--model",
+        help="timm model name, 'package.module:factory', or a transformers model folder / hub "
+        "id (default: the demo model)",
     )
     lay.add_argument("--checkpoint", type=Path, metavar="PATH")
     _add_model_args(lay)
-    lay.add_argument("--size", type=int, default=None, help="input size for the shapes")
+    lay.add_argument("--size", type=int, default=None, help="image input size for the shapes")
+    lay.add_argument(
+        "--texts",
+        type=Path,
+        metavar="FILE",
+        help="transformers model: its first text is the sample for the shapes (default: one "
+        "short sentence); also marks a hub id as a transformers model",
+    )
     return parser
 
 
@@ -338,6 +355,9 @@ def _extract(args, out: Path | None = None):
     progress = not args.quiet
     _positive("--batch-size", args.batch_size)
     _positive("--max-rows", args.max_rows, allow_none=True)
+    _positive("--max-length", args.max_length, allow_none=True)
+    if args.max_length is not None and args.texts is None:
+        raise UsageError("--max-length applies to --texts (tokens kept per text).")
     if args.texts is not None:
         if not args.model:
             raise UsageError("--texts needs --model (a transformers model folder or hub id).")
@@ -362,18 +382,23 @@ def _extract(args, out: Path | None = None):
                 "model.named_modules(); see concept_probe.list_layers)."
             )
         from .extraction import extract_text_activations, load_text_model
+        from .extraction.text import check_max_length
 
         model, tokenizer = load_text_model(args.model)
-        return extract_text_activations(
-            model,
-            tokenizer,
-            _layer_arg(args.layer),
-            args.texts,
-            batch_size=args.batch_size,
-            device=args.device,
-            out=out,
-            progress=progress,
-        )
+        if args.max_length is not None:  # refused in flag words before any work
+            check_max_length(model, args.max_length, "--max-length")
+        with _warnings_as_notes():
+            return extract_text_activations(
+                model,
+                tokenizer,
+                _layer_arg(args.layer),
+                args.texts,
+                batch_size=args.batch_size,
+                max_length=args.max_length,
+                device=args.device,
+                out=out,
+                progress=progress,
+            )
     if args.images is not None:
         if not args.model:
             raise UsageError(
@@ -682,6 +707,8 @@ def _cmd_layers(args) -> int:
     from .extraction import list_layers
 
     _positive("--size", args.size, allow_none=True)
+    if _is_text_model(args):
+        return _layers_text(args)
     if args.model:
         args.pretrained = False
         model = _load_vision(args, warn_random=False)
@@ -706,6 +733,71 @@ def _cmd_layers(args) -> int:
         )
         table = list_layers(model)
     print(table)
+    return 0
+
+
+_SAMPLE_TEXT = "The quick brown fox jumps over the lazy dog."
+
+
+def _is_text_model(args) -> bool:
+    """``layers``: --texts given, or --model a folder or a hub id ('org/name') timm lacks."""
+    if args.texts is not None:
+        return True
+    name = args.model
+    if not name:
+        return False
+    from .extraction.models import is_import_string
+
+    if is_import_string(name):
+        return False
+    if Path(name).expanduser().is_dir():
+        return True
+    if "/" not in name and "\\" not in name:
+        return False
+    try:
+        import timm
+    except ImportError:  # pragma: no cover - timm is a core dependency
+        return True
+    return not timm.is_model(name)
+
+
+def _layers_text(args) -> int:
+    """``layers`` for a transformers model: every module's output for one sample text."""
+    for flag, used in (
+        ("--model", not args.model),
+        ("--checkpoint", args.checkpoint is not None),
+        ("--size", args.size is not None),
+        *(("--model-kwargs", bool(args.model_kwargs)), ("--strip-prefix", bool(args.strip_prefix))),
+    ):
+        if used:
+            raise UsageError(
+                "--texts needs --model (a transformers model folder or hub id)."
+                if flag == "--model"
+                else f"{flag} applies to image models; a transformers model brings its own "
+                f"weights and takes texts."
+            )
+    sample = _SAMPLE_TEXT
+    if args.texts is not None:
+        from .extraction.text import read_texts
+
+        if not args.texts.is_file():
+            raise UsageError(f"--texts {args.texts}: no such file.")
+        sample = read_texts(args.texts)[0][0]
+    from .extraction import list_layers, load_text_model
+    from .extraction.text import _MODEL_INPUTS, DEFAULT_MAX_LENGTH, _accepted_inputs
+
+    with _third_party_bars_off(True, transformers=True):  # no weight-loading bar for a listing
+        model, tokenizer = load_text_model(args.model)
+    enc = tokenizer([sample], truncation=True, max_length=DEFAULT_MAX_LENGTH, return_tensors="pt")
+    accepted = _accepted_inputs(model)
+    inputs = {k: enc[k] for k in _MODEL_INPUTS if k in enc and (accepted is None or k in accepted)}
+    n_tokens = int(enc["input_ids"].shape[1])
+    print(
+        f"Output shapes for one text of {n_tokens} tokens ({sample[:60]!r}"
+        f"{'...' if len(sample) > 60 else ''}): a --layer for --texts must output "
+        f"(1, {n_tokens}, features), one row per token.",
+    )
+    print(list_layers(model, inputs))
     return 0
 
 

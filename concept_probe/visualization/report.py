@@ -843,7 +843,22 @@ def _input_lines(meta: dict) -> list[str | None]:
         weights,
         ("Preprocessing: " + "; ".join(shown) + ".") if shown else None,
         accuracy_line(meta),
+        truncation_line(meta),
     ]
+
+
+def truncation_line(meta: dict) -> str | None:
+    """Text activations: how many texts were cut at ``max_length`` (None when none was)."""
+    n = int(meta.get("n_truncated") or 0)
+    if meta.get("mode") != "text" or not n:
+        return None
+    longest = int(meta.get("longest_tokens") or 0)
+    return (
+        f"Truncated: {n} text{'s' if n != 1 else ''} longer than max_length "
+        f"{meta.get('max_length')} tokens {'were' if n != 1 else 'was'} cut there"
+        + (f" (the longest has {longest} tokens)" if longest else "")
+        + "; their later tokens have no rows (extract again with a larger --max-length)."
+    )
 
 
 def _text_context(acts, row: int, context: int = 6) -> str:
