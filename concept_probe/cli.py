@@ -640,38 +640,37 @@ def _cmd_fit_distributed(args, nmf, t0: float) -> int:
     """``torchrun --nproc_per_node N -m concept_probe fit acts.cp --out fit/``.
 
     Every rank reads its own row range of the activations file and takes part in one
-    data-parallel fit; rank 0 gathers ``Z`` and ``W``'s columns and writes the fit folder
-    (atomically, after every rank finished), so ``report`` reads it like any other fit.
+    data-parallel fit, then writes its own rows of ``Z`` and columns of ``W`` as one shard of
+    a sharded fit folder (nothing is gathered; rank 0 writes ``D`` and the manifest last and
+    swaps the folder in atomically), which ``report`` reads like any other fit.
     """
     from datetime import timedelta
 
     import torch.distributed as dist
 
     from .extraction import Activations
-    from .factorization._dist import Comm
+    from .fit_folder import _check_destination, save_fit
 
     if not args.activations.exists():
         raise UsageError(
             f"{args.activations}: no such activations file (write one with "
             f"'concept-probe extract')."
         )
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a file; give a folder for the fit.")
+    _check_destination(args.out)  # every rank, before the fit: refused before any work
     backend = "nccl" if str(nmf.device).startswith("cuda") else "gloo"
     seconds = float(os.environ.get("CONCEPT_PROBE_DIST_TIMEOUT", "600"))
     dist.init_process_group(backend, timeout=timedelta(seconds=seconds))
     try:
         nmf.distributed = True
         nmf, Z = _fit(args, None, nmf, source=args.activations)
-        comm = Comm(None, active=True)
-        Z_all = comm.gather_rows(Z.to(nmf.D.device), what="gather Z")
-        W_all = comm.gather_rows(nmf.W.T.contiguous(), what="gather W").T.contiguous()
-        if comm.rank == 0:
-            nmf.W = W_all
-            nmf.row_range_ = [0, int(W_all.shape[1])]
-            acts = Activations.load(args.activations, mmap=True)
-            _save_fit(nmf, Z_all.cpu(), acts, args.out)
+        acts = Activations.load(args.activations, mmap=True)  # each rank sums its own rows
+        save_fit(args.out, nmf, Z, acts, distributed=True)
+        if dist.get_rank() == 0:
             _print_done(acts, nmf, t0)
-            print(f"Saved the fit to {args.out} ({comm.world} ranks)")
-        comm.barrier(what="fit folder written")
+            world = dist.get_world_size()
+            print(f"Saved the fit to {args.out} ({world} ranks), one shard per rank")
     finally:
         dist.destroy_process_group()
     return 0

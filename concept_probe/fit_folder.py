@@ -14,14 +14,32 @@ file under ``checksums`` (file name → hex digest) and one of itself (``sha256_
 safetensors file also carries a digest of its tensors. :func:`load_fit` verifies them all, so a
 damaged byte raises :class:`CorruptFileError` naming the file. Folders written before the
 checksums existed load unchecked, without a warning. The manifest names every file it
-uses, so a later version can add files (W sharded over several files, say) without
-changing how the present ones are read.
+uses, so a later version can add files without changing how the present ones are read.
+
+A data-parallel fit (``save_fit(..., distributed=True)`` on every rank) is saved **sharded**
+(manifest version 2): ``D`` and the settings once, and each rank's rows of ``Z`` with its
+columns of ``W`` in one file per rank, with the rank's global row range ``[start, stop)``::
+
+    fit/
+      manifest.json                      version 2: the shards, their row ranges, checksums
+      concepts.safetensors               the estimator without W (D, settings, fit record)
+      shard-00000-of-00002.safetensors   Z rows and W columns [0, 130) (rank 0)
+      shard-00001-of-00002.safetensors   Z rows and W columns [130, 200) (rank 1)
+
+Every rank writes its shard into one temporary folder (beside ``fit/``, on a file system
+every rank sees); after a barrier rank 0 writes the estimator and the manifest last and swaps
+the folder in, so the whole folder appears at once or not at all. :func:`load_fit`
+reassembles the shards into the ordinary full ``W`` and ``Z`` (or, with ``rank=`` or
+``rows=``, reads only those rows), and refuses missing, overlapping or gapped shards with a
+:class:`CorruptFileError` naming the shard. One-process fits keep writing version 1, which
+every concept_probe reads.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,15 +55,21 @@ from ._io import (
     sha256_file,
     write_json_atomic,
 )
-from .errors import CorruptFileError, FitMismatchError
+from .errors import CorruptFileError, DistributedError, FitMismatchError
 
 __all__ = ["SavedFit", "activations_fingerprint", "load_fit", "save_fit", "verify"]
 
 FORMAT = "concept_probe.fit"
-VERSION = 1
+#: the newest manifest version read (2: sharded); one-process fits are still written as 1
+VERSION = 2
+_VERSION_SINGLE = 1
 MANIFEST = "manifest.json"
 _ESTIMATOR = "concepts.safetensors"
 _CODES = "codes.safetensors"
+#: one file per rank of a sharded fit: its rows of Z and columns of W
+_SHARD = "shard-{rank:05d}-of-{world:05d}.safetensors"
+#: safetensors metadata key of a shard's own description (rank, world, rows)
+_SHARD_KEY = "concept_probe.shard"
 # Relative tolerance of the sum of A in the fingerprint (float32 sums differ a little by order).
 _SUM_RTOL = 1e-6
 
@@ -64,13 +88,18 @@ def activations_fingerprint(acts) -> dict[str, Any]:
         to 6 decimals). Two fingerprints match when all agree (``sum_A`` to a relative
         1e-6).
     """
+    out = _fingerprint_meta(acts)
+    out["sum_A"] = round(float(acts.A.sum(dtype=torch.float64)), 6)
+    return out
+
+
+def _fingerprint_meta(acts) -> dict[str, Any]:
     meta = acts.meta or {}
     return {
         "n_rows": int(acts.n_rows),
         "n_features": int(acts.n_features),
         "layer": meta.get("layer"),
         "model": meta.get("model"),
-        "sum_A": round(float(acts.A.sum(dtype=torch.float64)), 6),
     }
 
 
@@ -101,7 +130,10 @@ class SavedFit:
     path : Path
         The folder.
     manifest : dict
-        The folder's manifest (format, version, files).
+        The folder's manifest (format, version, files; ``shards`` for a sharded fit).
+    rows : tuple of int
+        The global row range ``(start, stop)`` that ``Z`` and ``estimator.W`` hold: all the
+        rows unless ``load_fit`` was given ``rank=`` or ``rows=``.
     """
 
     estimator: Any
@@ -109,6 +141,7 @@ class SavedFit:
     fingerprint: dict = field(default_factory=dict)
     path: Path = Path()
     manifest: dict = field(default_factory=dict)
+    rows: tuple[int, int] = (0, 0)
 
     def __iter__(self):  # allows ``nmf, Z = load_fit(...)``
         return iter((self.estimator, self.Z))
@@ -120,7 +153,27 @@ def _is_fit_folder(path: Path) -> bool:
     )
 
 
-def save_fit(folder: str | os.PathLike, estimator, Z, acts) -> Path:
+def _check_destination(folder: Path) -> None:
+    """Refuse a destination that is a file or a folder of other files (never replaced)."""
+    if folder.exists():
+        if not folder.is_dir():
+            raise FileExistsError(f"{folder} exists and is a file; give a folder for the fit.")
+        if any(folder.iterdir()) and not _is_fit_folder(folder):
+            raise FileExistsError(
+                f"{folder} exists and holds files that are not a concept_probe fit; refusing to "
+                f"replace it. Choose an empty or new folder."
+            )
+
+
+def save_fit(
+    folder: str | os.PathLike,
+    estimator,
+    Z,
+    acts,
+    *,
+    distributed: bool = False,
+    process_group=None,
+) -> Path:
     """Write a fit (estimator, codes and the activations' fingerprint) to a folder, atomically.
 
     Parameters
@@ -133,12 +186,33 @@ def save_fit(folder: str | os.PathLike, estimator, Z, acts) -> Path:
     Z : Tensor of shape (n_rows, nb_concepts)
         The codes ``fit`` returned.
     acts : Activations
-        The activations it was fitted on (only their fingerprint is stored).
+        The activations it was fitted on (only their fingerprint is stored). With
+        ``distributed=True``: this rank's rows, or the whole activations (every rank's rows,
+        for example memory-mapped); each rank sums only its own rows for the fingerprint.
+    distributed : bool, default=False
+        Save a data-parallel fit **sharded**: call on every rank, with that rank's ``Z``
+        and the estimator it fitted (its columns of ``W``, ``row_range_``). ``D`` and the
+        settings are written once (rank 0), each rank's ``Z`` rows and ``W`` columns go to
+        ``shard-RRRRR-of-WWWWW.safetensors`` with their global row range, and rank 0 writes
+        the manifest last and swaps the folder in, so it appears whole or not at all (a rank
+        that fails makes every rank raise, and nothing is left). ``folder`` must be on a
+        file system every rank sees. Nothing is gathered: no rank holds more than its rows.
+    process_group : ProcessGroup, optional
+        The group of the fit (implies ``distributed=True``; default: the default group).
 
     Returns
     -------
     Path
         The folder.
+
+    Raises
+    ------
+    ValueError
+        If ``Z`` does not match, or the estimator holds only one rank's columns of ``W``
+        and ``distributed`` is not set.
+    DistributedError
+        With ``distributed=True``, on every rank when one rank could not save its part (its
+        own error on that rank), or when a rank died.
 
     Examples
     --------
@@ -152,14 +226,14 @@ def save_fit(folder: str | os.PathLike, estimator, Z, acts) -> Path:
     (True, 2)
     """
     folder = Path(folder)
-    if folder.exists():
-        if not folder.is_dir():
-            raise FileExistsError(f"{folder} exists and is a file; give a folder for the fit.")
-        if any(folder.iterdir()) and not _is_fit_folder(folder):
-            raise FileExistsError(
-                f"{folder} exists and holds files that are not a concept_probe fit; refusing to "
-                f"replace it. Choose an empty or new folder."
-            )
+    if distributed not in (True, False):
+        raise TypeError(f"distributed must be True or False; got {distributed!r}.")
+    if distributed or process_group is not None:
+        from .factorization._dist import resolve_comm
+
+        return _save_sharded(folder, estimator, Z, acts, resolve_comm(True, process_group))
+    _check_destination(folder)
+    _check_whole(estimator)
     Z = torch.as_tensor(Z).detach().cpu()
     if Z.ndim != 2 or Z.shape != (acts.n_rows, estimator.nb_concepts):
         raise ValueError(
@@ -180,7 +254,7 @@ def save_fit(folder: str | os.PathLike, estimator, Z, acts) -> Path:
             seal(
                 {
                     "format": FORMAT,
-                    "version": VERSION,
+                    "version": _VERSION_SINGLE,
                     "files": files,
                     # one SHA-256 per file the folder holds (file name -> hex digest)
                     "checksums": {name: sha256_file(tmp / name) for name in files.values()},
@@ -190,6 +264,182 @@ def save_fit(folder: str | os.PathLike, estimator, Z, acts) -> Path:
                 }
             ),
         )
+    return folder
+
+
+def _check_whole(estimator) -> None:
+    """Refuse to save one rank's columns of ``W`` as if they were the whole fit."""
+    W, n = getattr(estimator, "W", None), getattr(estimator, "n_samples_fit_", None)
+    ranks = getattr(estimator, "n_ranks_", None) or 1
+    if ranks > 1 and W is not None and W.ndim == 2 and n is not None and W.shape[1] != n:
+        start, stop = estimator.row_range_ or (0, W.shape[1])
+        raise ValueError(
+            f"this {type(estimator).__name__} holds the columns of W for rows [{start}, {stop}) "
+            f"of the {n} it was fitted on ({ranks} ranks): call save_fit(..., "
+            f"distributed=True) on every rank to save the fit sharded."
+        )
+
+
+def _digest_ints(hexdigest: str) -> list[int]:
+    """A SHA-256 hex digest as eight 32-bit integers (travels in an int64 gather)."""
+    return [int(hexdigest[i : i + 8], 16) for i in range(0, 64, 8)]
+
+
+def _digest_hex(ints) -> str:
+    return "".join(f"{int(v):08x}" for v in ints)
+
+
+def _agree(comm, error: BaseException | None, payload: list[int], folder: Path, what: str):
+    """Every rank's ``(ok, *payload)``; when a rank failed, every rank raises."""
+    table = comm.gather_ints([int(error is None), *payload], what=f"save_fit: {what}")
+    failed = [r for r in range(comm.world) if not int(table[r, 0])]
+    if failed:
+        if error is not None:
+            raise error
+        raise DistributedError(
+            f"save_fit: rank(s) {', '.join(map(str, failed))} could not {what} (see the error "
+            f"on those ranks); rank {comm.rank} stops too and nothing was written to {folder}."
+        )
+    return table
+
+
+def _fingerprint_sum(acts, n_local: int, offset: int, n_total: int) -> float:
+    """The rank's part of ``sum_A``: its own rows, from its rows or the whole activations."""
+    if acts.n_rows == n_local:
+        A = acts.A
+    elif acts.n_rows == n_total:
+        A = acts.A[offset : offset + n_local]
+    else:
+        raise ValueError(
+            f"acts have {acts.n_rows} rows but this rank holds {n_local} rows of a fit on "
+            f"{n_total}: pass this rank's activations or the whole activations it was fitted on."
+        )
+    return float(A.sum(dtype=torch.float64)) if n_local else 0.0
+
+
+def _save_sharded(folder: Path, estimator, Z, acts, comm) -> Path:
+    """:func:`save_fit` of a data-parallel fit: one shard per rank, manifest last (rank 0).
+
+    Three agreements (each a small int gather) keep the ranks in step, so a failure on any
+    rank makes every rank raise instead of waiting: (1) the layout and rank 0's temporary
+    folder, (2) every shard written (with its SHA-256), (3) the manifest written and the
+    folder swapped in. Rank 0 holds the temporary folder in :func:`atomic_directory`, which
+    removes it when anything fails; a rank-0 crash leaves it to the next save's clean-up.
+    """
+    from ._io import save_tensors_atomic
+
+    k = int(estimator.nb_concepts)
+    tmp, n_local, tmp_id, error = None, 0, [0, 0], None
+    agreed = False
+    final_error = None
+    try:
+        with ExitStack() as stack:
+            try:
+                Zl = torch.as_tensor(Z).detach().cpu()
+                W = getattr(estimator, "W", None)
+                if W is None or getattr(estimator, "D", None) is None:
+                    raise ValueError(
+                        f"this {type(estimator).__name__} is not fitted: fit it before save_fit."
+                    )
+                W = W.detach().cpu()
+                n_local = int(W.shape[1])
+                if Zl.ndim != 2 or Zl.shape != (n_local, k):
+                    raise ValueError(
+                        f"Z must have shape ({n_local}, {k}) (this rank's rows x concepts, as "
+                        f"its columns of W); got {tuple(Zl.shape)}."
+                    )
+                if comm.rank == 0:
+                    _check_destination(folder)
+                    tmp = stack.enter_context(atomic_directory(folder))
+                    pid, rand = tmp.name.rsplit("-", 2)[-2:]
+                    tmp_id = [int(pid), int(rand, 16)]
+            except (ValueError, TypeError, OSError) as exc:
+                error = exc
+            table = _agree(comm, error, [n_local, k, *tmp_id], folder, "check its part")
+            sizes = table[:, 1].tolist()
+            n_total, offset = int(sum(sizes)), int(sum(sizes[: comm.rank]))
+            start, stop = offset, offset + n_local
+            name = _SHARD.format(rank=comm.rank, world=comm.world)
+            digest, part = [0] * 8, 0.0
+            try:
+                if len(set(table[:, 2].tolist())) > 1:
+                    raise ValueError(
+                        f"the ranks disagree on nb_concepts ({table[:, 2].tolist()}); every "
+                        f"rank must save its part of the same fit."
+                    )
+                fitted_on = getattr(estimator, "n_samples_fit_", None)
+                if fitted_on is not None and int(fitted_on) != n_total:
+                    raise ValueError(
+                        f"the ranks' columns of W add up to {n_total} rows but the fit was made "
+                        f"on {fitted_on}: call save_fit(distributed=True) on every rank of the "
+                        f"fit with its own Z and estimator."
+                    )
+                rr = getattr(estimator, "row_range_", None)
+                if rr is not None and list(rr) != [start, stop]:
+                    raise ValueError(
+                        f"rank {comm.rank} holds rows {list(rr)} of the fit but would save them "
+                        f"as [{start}, {stop}): save with the process group the fit used."
+                    )
+                part = _fingerprint_sum(acts, n_local, offset, n_total)
+                if tmp is None:
+                    pid, rand = table[0, 3].item(), table[0, 4].item()
+                    tmp = folder.parent / f".{folder.name}.tmp-{pid}-{rand:08x}"
+                    if not tmp.is_dir():
+                        raise FileNotFoundError(
+                            f"rank {comm.rank} does not see rank 0's temporary folder {tmp}: "
+                            f"the fit folder must be on a file system every rank sees."
+                        )
+                shard = {"rank": comm.rank, "world": comm.world, "rows": [start, stop]}
+                save_tensors_atomic(
+                    {"Z": Zl, "W": W},
+                    tmp / name,
+                    metadata={_SHARD_KEY: json.dumps(shard)},
+                )
+                digest = _digest_ints(sha256_file(tmp / name))
+            except (ValueError, TypeError, OSError) as exc:
+                error = exc
+            table = _agree(comm, error, digest, folder, "write its shard")
+            total = torch.tensor([part], dtype=torch.float64, device=comm.device_for_backend())
+            comm.sum_(total, what="save_fit: fingerprint")
+            agreed = True
+            if comm.rank == 0:
+                fingerprint = _fingerprint_meta(acts)
+                fingerprint["n_rows"] = n_total
+                fingerprint["sum_A"] = round(float(total[0]), 6)
+                estimator.save(tmp / _ESTIMATOR, include_W=False)
+                shards = [
+                    {
+                        "rank": r,
+                        "file": _SHARD.format(rank=r, world=comm.world),
+                        "rows": [int(sum(sizes[:r])), int(sum(sizes[: r + 1]))],
+                    }
+                    for r in range(comm.world)
+                ]
+                checksums = {_ESTIMATOR: sha256_file(tmp / _ESTIMATOR)}
+                for r, entry in enumerate(shards):
+                    checksums[entry["file"]] = _digest_hex(table[r, 1:].tolist())
+                write_json_atomic(
+                    tmp / MANIFEST,
+                    seal(
+                        {
+                            "format": FORMAT,
+                            "version": VERSION,
+                            "files": {"estimator": _ESTIMATOR},
+                            "n_rows": n_total,
+                            "world": comm.world,
+                            "shards": shards,
+                            "checksums": checksums,
+                            "activations": fingerprint,
+                            "estimator_class": type(estimator).__name__,
+                            "nb_concepts": k,
+                        }
+                    ),
+                )
+    except Exception as exc:  # only rank 0's own writing after (2) is reported, not raised
+        if not agreed:
+            raise
+        final_error = exc
+    _agree(comm, final_error, [], folder, "write the manifest and swap the folder in")
     return folder
 
 
@@ -207,16 +457,87 @@ def _read_manifest(folder: Path) -> dict:
     man = check_format(man, fmt=FORMAT, version=VERSION, source=file, what="concept_probe fit")
     check_sealed(man, file)
     files = man.get("files")
-    if not isinstance(files, dict) or not {"estimator", "codes"} <= set(files):
+    if "shards" in man:
+        if not isinstance(files, dict) or "estimator" not in files:
+            raise CorruptFileError(f"{file} is corrupt: it does not list the estimator.")
+        man["shards"] = _check_shards(folder, man)
+    elif not isinstance(files, dict) or not {"estimator", "codes"} <= set(files):
         raise CorruptFileError(f"{file} is corrupt: it does not list the estimator and codes.")
     return man
 
 
-def _verify_checksums(folder: Path, man: dict) -> None:
+def _check_shards(folder: Path, man: dict) -> list[dict]:
+    """The manifest's shards, in row order; refuse malformed, missing, overlapping, gapped."""
+    file = folder / MANIFEST
+    shards, n, world = man.get("shards"), man.get("n_rows"), man.get("world")
+    if not isinstance(shards, list) or not isinstance(n, int) or n < 0:
+        raise CorruptFileError(
+            f"{file} is corrupt: it does not list its shards and their total row count."
+        )
+    parsed = []
+    for i, entry in enumerate(shards):
+        name = entry.get("file") if isinstance(entry, dict) else None
+        rows = entry.get("rows") if isinstance(entry, dict) else None
+        if (
+            not isinstance(name, str)
+            or name in ("", ".", "..")
+            or Path(name).name != name
+            or not isinstance(rows, list)
+            or len(rows) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in rows)
+            or not 0 <= rows[0] <= rows[1] <= n
+        ):
+            raise CorruptFileError(
+                f"{file} is corrupt: shard entry {i} ({entry!r}) is not a file name in the "
+                f"folder with rows [start, stop) within the fit's {n} rows. Save the fit again."
+            )
+        parsed.append(dict(entry))
+    names = [e["file"] for e in parsed]
+    for name in names:
+        if names.count(name) > 1:
+            raise CorruptFileError(f"{file} is corrupt: it lists the shard {name} twice.")
+    unlisted = ""
+    if isinstance(world, int) and not isinstance(world, bool):
+        missing = sorted(set(range(world)) - {e.get("rank") for e in parsed})
+        if missing:
+            unlisted = "; not listed: " + ", ".join(
+                f"{_SHARD.format(rank=r, world=world)} (rank {r})" for r in missing
+            )
+    ordered = sorted(parsed, key=lambda e: (e["rows"][0], e["rows"][1]))
+    covered, last = 0, None
+    for e in ordered:
+        a, b = e["rows"]
+        if a == b:  # an empty rank: no rows to place
+            continue
+        if a > covered:
+            after = f"after {last['file']}" if last else "before"
+            raise CorruptFileError(
+                f"{folder} is incomplete: rows [{covered}, {a}) of the fit are in no shard (a "
+                f"shard is missing {after} {e['file']}{unlisted}). Save the fit again."
+            )
+        if a < covered:
+            raise CorruptFileError(
+                f"{folder} is corrupt: shards {last['file']} and {e['file']} overlap on rows "
+                f"[{a}, {min(covered, b)}); each row must be in exactly one shard. Save the "
+                f"fit again."
+            )
+        covered, last = b, e
+    if covered != n:
+        after = f"after {last['file']}" if last else "at all"
+        raise CorruptFileError(
+            f"{folder} is incomplete: rows [{covered}, {n}) of the fit are in no shard (a "
+            f"shard is missing {after}{unlisted}). Save the fit again."
+        )
+    return ordered
+
+
+def _verify_checksums(folder: Path, man: dict, only: set[str] | None = None) -> None:
     sums = man.get("checksums") or {}
     if not isinstance(sums, dict):
         raise CorruptFileError(f"{folder / MANIFEST} is corrupt: 'checksums' is not a mapping.")
     for name, digest in sums.items():
+        if only is not None and name not in only:
+            continue
         file = folder / name
         if not file.is_file():
             raise FileNotFoundError(f"{folder} has no {name}, which its manifest lists; fit again.")
@@ -228,6 +549,84 @@ def _verify_checksums(folder: Path, man: dict) -> None:
             )
 
 
+def _read_shards(
+    folder: Path, shards: list[dict], start: int, stop: int, k: int, keep: bool = True
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Rows ``[start, stop)`` of Z and columns of W from the shards that hold them.
+
+    Each shard is checked (present, its own header's rows, shapes) and sliced to the range;
+    with ``keep=False`` nothing is kept (``verify``: one shard in memory at a time).
+    """
+    Zs, Ws = [], []
+    for e in shards:
+        a, b = e["rows"]
+        if keep and (a == b or b <= start or a >= stop):
+            continue
+        path = folder / e["file"]
+        tensors, meta = load_tensors(path)
+        try:
+            own = json.loads(meta.get(_SHARD_KEY, "null"))
+        except json.JSONDecodeError:
+            own = None
+        if not isinstance(own, dict) or own.get("rows") != [a, b]:
+            held = own.get("rows") if isinstance(own, dict) else None
+            raise CorruptFileError(
+                f"{path} is corrupt: it holds rows {held} but {folder / MANIFEST} lists it for "
+                f"rows [{a}, {b}). Save the fit again."
+            )
+        Z, W = tensors.get("Z"), tensors.get("W")
+        if Z is None or W is None or tuple(Z.shape) != (b - a, k) or tuple(W.shape) != (k, b - a):
+            shapes = {key: tuple(t.shape) for key, t in tensors.items()}
+            raise CorruptFileError(
+                f"{path} is corrupt: a shard of rows [{a}, {b}) must hold Z ({b - a}, {k}) and "
+                f"W ({k}, {b - a}); it holds {shapes}. Save the fit again."
+            )
+        if keep:
+            lo, hi = max(a, start) - a, min(b, stop) - a
+            Zs.append(Z[lo:hi])
+            Ws.append(W[:, lo:hi])
+    return Zs, Ws
+
+
+def _check_present(folder: Path, shards: list[dict]) -> None:
+    for e in shards:
+        if not (folder / e["file"]).is_file():
+            a, b = e["rows"]
+            raise CorruptFileError(
+                f"{folder} is incomplete: its shard {e['file']} (rank {e.get('rank', '?')}, "
+                f"rows [{a}, {b})) is missing, though its manifest lists it. Save the fit again."
+            )
+
+
+def _wanted_rows(folder: Path, n: int, shards: list[dict], rank, rows) -> tuple[int, int]:
+    """The global rows ``load_fit`` returns: all, one rank's, or a given range."""
+    if rank is not None and rows is not None:
+        raise ValueError("give load_fit rank= or rows=, not both.")
+    if rank is not None:
+        ranks = sorted(e.get("rank", i) for i, e in enumerate(shards))
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank not in ranks:
+            raise ValueError(
+                f"rank must be one of the fit's ranks 0..{len(shards) - 1} ({folder} holds "
+                f"{len(shards)} shard(s)); got {rank!r}."
+            )
+        entry = next(e for i, e in enumerate(shards) if e.get("rank", i) == rank)
+        return tuple(entry["rows"])
+    if rows is not None:
+        ok = (
+            isinstance(rows, (tuple, list))
+            and len(rows) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in rows)
+            and 0 <= rows[0] <= rows[1] <= n
+        )
+        if not ok:
+            raise ValueError(
+                f"rows must be (start, stop) with 0 <= start <= stop <= {n} (the fit's rows); "
+                f"got {rows!r}."
+            )
+        return int(rows[0]), int(rows[1])
+    return 0, n
+
+
 def verify(path: str | os.PathLike) -> Path:
     """Check every file of a saved Activations folder or fit folder against its checksums.
 
@@ -235,7 +634,8 @@ def verify(path: str | os.PathLike) -> Path:
     ----------
     path : str or PathLike
         A folder written by ``Activations.save`` / ``extract_*(out=...)`` or by
-        :func:`save_fit` (``concept-probe extract`` / ``fit``).
+        :func:`save_fit` (``concept-probe extract`` / ``fit``). A sharded fit folder has
+        every shard checked (checksum, row range, shapes), one shard in memory at a time.
 
     Returns
     -------
@@ -246,6 +646,8 @@ def verify(path: str | os.PathLike) -> Path:
     ------
     CorruptFileError
         If a file is damaged (the message names it and says "corrupt").
+        A sharded fit folder with a missing, overlapping or gapped shard raises it too,
+        naming the shard.
     FileNotFoundError
         If ``path`` does not exist or a listed file is missing.
 
@@ -270,6 +672,16 @@ def verify(path: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"{path}: no such folder to verify.")
     man = path / MANIFEST
     if path.is_dir() and man.is_file() and b'"concept_probe.fit"' in man.read_bytes():
+        manifest = _read_manifest(path)
+        if "shards" in manifest:  # every shard, one at a time (never the whole W in memory)
+            _check_present(path, manifest["shards"])
+            _verify_checksums(path, manifest)
+            from .factorization._base import DictionaryEstimator
+
+            est = DictionaryEstimator.load(path / manifest["files"]["estimator"], device="cpu")
+            n = manifest["n_rows"]
+            _read_shards(path, manifest["shards"], 0, n, int(est.nb_concepts), keep=False)
+            return path
         load_fit(path)
         return path
     if path.is_dir() and not man.is_file() and _is_fit_folder(path):
@@ -280,7 +692,12 @@ def verify(path: str | os.PathLike) -> Path:
 
 
 def load_fit(
-    folder: str | os.PathLike, acts=None, device: str | torch.device | None = "cpu"
+    folder: str | os.PathLike,
+    acts=None,
+    device: str | torch.device | None = "cpu",
+    *,
+    rank: int | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> SavedFit:
     """Read a fit written by :func:`save_fit` (or by ``concept-probe fit``).
 
@@ -290,24 +707,37 @@ def load_fit(
         The fit folder.
     acts : Activations, optional
         The activations to use it with; when given, they must be the ones it was fitted on
-        (same size, model, layer and sum of ``A``).
+        (same size, model, layer and sum of ``A``): all of them, also with ``rank=``/``rows=``.
     device : str or torch.device, optional
         Where to put the estimator's tensors (``None``: where it was saved from, if that
         device exists here). ``Z`` stays on the CPU.
+    rank : int, optional
+        Keep a sharded fit sharded: read only the shard rank ``rank`` saved (its rows of
+        ``Z``, its columns of ``W``; ``estimator.row_range_`` says which), for example
+        ``load_fit(folder, rank=dist.get_rank())`` on every rank of the same world size.
+        A one-process fit has one shard, rank 0.
+    rows : (int, int), optional
+        Read only the global rows ``[start, stop)`` (from the shards that hold them), for
+        example to spread a fit over another number of ranks.
 
     Returns
     -------
     SavedFit
-        ``.estimator``, ``.Z``, ``.fingerprint``; it also unpacks as ``nmf, Z``.
+        ``.estimator``, ``.Z``, ``.fingerprint``, ``.rows``; it also unpacks as ``nmf, Z``.
+        Without ``rank``/``rows`` a sharded fit is reassembled into the ordinary full ``W``
+        and ``Z``, the same as the one-process fit's folder gives.
 
     Raises
     ------
     FileNotFoundError
         If ``folder`` is not a folder, or lacks a file its manifest lists.
     CorruptFileError
-        If a file is truncated, not in the expected format, or from a newer concept_probe.
+        If a file is truncated, not in the expected format, or from a newer concept_probe;
+        or if a shard is missing, overlaps another or leaves rows out (naming the shard).
     FitMismatchError
         If ``acts`` are not the activations the fit was made on.
+    ValueError
+        If ``rank`` or ``rows`` is not one of the fit's ranks or within its rows.
     """
     from .factorization._base import DictionaryEstimator
 
@@ -317,39 +747,74 @@ def load_fit(
             f"{folder}: no such folder (give a folder written by save_fit or 'concept-probe fit')."
         )
     man = _read_manifest(folder)
-    paths = {key: folder / man["files"][key] for key in ("estimator", "codes")}
+    sharded = "shards" in man
+    keys = ("estimator",) if sharded else ("estimator", "codes")
+    paths = {key: folder / man["files"][key] for key in keys}
     for path in paths.values():
         if not path.is_file():
             raise FileNotFoundError(
                 f"{folder} has no {path.name}: is it a folder written by save_fit or "
                 f"'concept-probe fit'?"
             )
-    _verify_checksums(folder, man)
-    estimator = DictionaryEstimator.load(paths["estimator"], device=device)
-    tensors, meta = load_tensors(paths["codes"])
-    if "Z" not in tensors:
-        raise CorruptFileError(f"{paths['codes']} holds no codes 'Z'; fit again.")
-    Z = tensors["Z"]
-    fingerprint = man.get("activations")
-    if fingerprint is None:
-        try:
-            fingerprint = json.loads(meta.get("activations", "{}"))
-        except json.JSONDecodeError:
-            fingerprint = {}
-    if Z.ndim != 2 or Z.shape[1] != estimator.nb_concepts:
-        raise CorruptFileError(
-            f"{paths['codes']} holds Z of shape {tuple(Z.shape)}, which does not match the "
-            f"estimator's {estimator.nb_concepts} concepts; fit again."
-        )
+    if sharded:
+        n_total, shards = man["n_rows"], man["shards"]
+        start, stop = _wanted_rows(folder, n_total, shards, rank, rows)
+        needed = [e for e in shards if e["rows"][0] < stop and e["rows"][1] > start]
+        full = (start, stop) == (0, n_total)
+        _check_present(folder, shards if full else needed)
+        only = None if full else {paths["estimator"].name, *(e["file"] for e in needed)}
+        _verify_checksums(folder, man, only)
+        estimator = DictionaryEstimator.load(paths["estimator"], device=device)
+        k = int(estimator.nb_concepts)
+        Zs, Ws = _read_shards(folder, needed, start, stop, k)
+        dtype = estimator.D.dtype
+        Z = torch.cat(Zs) if Zs else torch.zeros((0, k), dtype=dtype)
+        W = torch.cat(Ws, dim=1) if Ws else torch.zeros((k, 0), dtype=dtype)
+        estimator.W = W.to(estimator.D.device, copy=True)
+        estimator.row_range_ = [start, stop]
+        fingerprint = man.get("activations") or {}
+    else:
+        _verify_checksums(folder, man)
+        estimator = DictionaryEstimator.load(paths["estimator"], device=device)
+        tensors, meta = load_tensors(paths["codes"])
+        if "Z" not in tensors:
+            raise CorruptFileError(f"{paths['codes']} holds no codes 'Z'; fit again.")
+        Z = tensors["Z"]
+        fingerprint = man.get("activations")
+        if fingerprint is None:
+            try:
+                fingerprint = json.loads(meta.get("activations", "{}"))
+            except json.JSONDecodeError:
+                fingerprint = {}
+        if Z.ndim != 2 or Z.shape[1] != estimator.nb_concepts:
+            raise CorruptFileError(
+                f"{paths['codes']} holds Z of shape {tuple(Z.shape)}, which does not match the "
+                f"estimator's {estimator.nb_concepts} concepts; fit again."
+            )
+        n_total = int(Z.shape[0])
+        one = [{"rank": 0, "file": paths["codes"].name, "rows": [0, n_total]}]
+        start, stop = _wanted_rows(folder, n_total, one, rank, rows)
+        if (start, stop) != (0, n_total):
+            Z = Z[start:stop].clone()
+            if estimator.W.ndim == 2 and estimator.W.shape[1] == n_total:
+                estimator.W = estimator.W[:, start:stop].clone()
+            estimator.row_range_ = [start, stop]
     if acts is not None:
         differ = _differences(fingerprint, activations_fingerprint(acts))
         n_features = int(estimator.D.shape[1])
-        if Z.shape[0] != acts.n_rows or n_features != acts.n_features or differ:
+        if n_total != acts.n_rows or n_features != acts.n_features or differ:
             detail = ", ".join(differ) or (
-                f"{Z.shape[0]} x {n_features} fitted vs {acts.n_rows} x {acts.n_features} given"
+                f"{n_total} x {n_features} fitted vs {acts.n_rows} x {acts.n_features} given"
             )
             raise FitMismatchError(
                 f"the fit in {folder} was not made on these activations ({detail}): pass the "
                 f"activations it was fitted on."
             )
-    return SavedFit(estimator=estimator, Z=Z, fingerprint=fingerprint, path=folder, manifest=man)
+    return SavedFit(
+        estimator=estimator,
+        Z=Z,
+        fingerprint=fingerprint,
+        path=folder,
+        manifest=man,
+        rows=(int(start), int(stop)),
+    )

@@ -1,9 +1,15 @@
 """One rank of tests/test_distributed_fit_folder.py (the test starts groups of 2 and 3).
 
-Usage: python _dist_shard_worker.py RANK WORLD PORT OUT. Every rank ranks its shards of a
-seeded Z and W with the global top-k (several uneven layouts, one with an empty rank and one
-with a rank holding fewer rows than k) and saves what it got to OUT/rank<RANK>.pt; the test
-compares it with the one-process ranking.
+Usage: python _dist_shard_worker.py RANK WORLD PORT OUT (the saved activations in
+``CP_TEST_ACTS``). Every rank
+
+- ranks its shards of a seeded Z and W with the global top-k (several uneven layouts, with
+  an empty rank and a rank holding fewer rows than k);
+- fits its rows of the activations (uneven shards; the 3-rank layout has an empty rank) and
+  saves the fit sharded to OUT/fit, then reads its own shard back;
+- tries saves that must fail on every rank and leave nothing behind;
+
+and saves what it got to OUT/rank<RANK>.pt for the test to compare with one process.
 """
 
 from __future__ import annotations
@@ -15,9 +21,21 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from concept_probe import concept_prototypes, top_samples
+from concept_probe import (
+    Activations,
+    ConvexNMF,
+    concept_prototypes,
+    load_fit,
+    save_fit,
+    top_samples,
+)
+from concept_probe.errors import DistributedError
 
 N_ROWS, N_CONCEPTS, TOP = 200, 5, 9
+#: the fit saved sharded: its settings and rows per rank (uneven; an empty rank with 3)
+FIT = {"nb_concepts": 4, "solver": "mu", "init": "kmeans", "seed": 0, "tol": 0}
+FIT_ITERS = 30
+FIT_SPLITS = {2: [130, 70], 3: [0, 150, 50]}
 
 #: rows per rank of each layout ranked (uneven; empty ranks; a rank with fewer rows than TOP)
 LAYOUTS = {2: [[130, 70], [3, 197], [200, 0]], 3: [[0, 150, 50], [60, 4, 136], [0, 0, 200]]}
@@ -51,6 +69,53 @@ def scenario_ranking(rank: int, world: int) -> dict:
     return res
 
 
+def _outcome(fn) -> str:
+    try:
+        fn()
+        return "no error"
+    except (ValueError, FileExistsError, DistributedError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def scenario_sharded_fit(rank: int, world: int, out: str) -> dict:
+    acts = Activations.load(os.environ["CP_TEST_ACTS"], mmap=True)
+    start = sum(FIT_SPLITS[world][:rank])
+    rows = slice(start, start + FIT_SPLITS[world][rank])
+    nmf = ConvexNMF(**FIT, distributed=True)
+    Z, _ = nmf.fit(acts.A[rows], max_iter=FIT_ITERS)
+    res = {"Z": Z, "W": nmf.W, "row_range": nmf.row_range_}
+    # Odd ranks pass their own rows, even ranks the whole (memory-mapped) activations.
+    mine = Activations(acts.A[rows].clone(), torch.arange(rows.start, rows.stop), kind="pooled")
+    folder = os.path.join(out, "fit")
+    save_fit(folder, nmf, Z, mine if rank % 2 else acts, distributed=True)
+    dist.barrier()
+    back = load_fit(folder, rank=rank)
+    res["back"] = {"Z": back.Z, "W": back.estimator.W, "rows": back.rows}
+    # The global ranking of the loaded shards (every rank ranks its own rows only).
+    res["top"] = tuple(top_samples(back.Z, k=TOP, distributed=True))
+    p = concept_prototypes(back.estimator.W, acts, concept=1, k=TOP, distributed=True)
+    res["proto"] = (p.rows, p.weights, p.share, p.sample)
+    # One rank's columns saved as if they were the whole fit: refused, not written.
+    res["unsharded"] = _outcome(lambda: save_fit(os.path.join(out, "x"), nmf, Z, mine))
+    # The last rank passes codes of the wrong shape: every rank raises, nothing is left.
+    bad = Z[:-1] if rank == world - 1 and Z.shape[0] else Z
+    if rank == world - 1 and not Z.shape[0]:
+        bad = torch.zeros(1, FIT["nb_concepts"])
+    res["bad-Z"] = _outcome(
+        lambda: save_fit(os.path.join(out, "bad"), nmf, bad, acts, distributed=True)
+    )
+    # Rank 0 finds a folder of other files at the destination: every rank raises.
+    other = os.path.join(out, "other")
+    if rank == 0:
+        os.makedirs(other)
+        with open(os.path.join(other, "notes.txt"), "w") as f:
+            f.write("not a fit")
+    dist.barrier()
+    res["other"] = _outcome(lambda: save_fit(other, nmf, Z, acts, distributed=True))
+    dist.barrier()
+    return res
+
+
 def main() -> None:
     rank, world, port, out = sys.argv[1:5]
     rank, world = int(rank), int(world)
@@ -61,7 +126,7 @@ def main() -> None:
         world_size=world,
         timeout=timedelta(seconds=60),
     )
-    res = {"ranking": scenario_ranking(rank, world)}
+    res = {"ranking": scenario_ranking(rank, world), "fit": scenario_sharded_fit(rank, world, out)}
     tmp = os.path.join(out, f".rank{rank}.pt.tmp")
     torch.save(res, tmp)
     os.replace(tmp, os.path.join(out, f"rank{rank}.pt"))
