@@ -139,10 +139,15 @@ def test_distributed_ranking_without_a_group_or_with_acts_is_refused():
 @pytest.fixture(scope="module")
 def one_process(groups):
     """The one-process fit of the same rows and seed, saved the ordinary way."""
+    from concept_probe.factorization import _init
+
     root, _ = groups
     acts = Activations.load(root / "acts.cp")
     nmf = ConvexNMF(**FIT)
-    Z, _ = nmf.fit(acts.A, max_iter=FIT_ITERS)
+    # the ranks' default k-means sample (other test helpers change it for the session)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_init, "KMEANS_SAMPLE", 65_536)
+        Z, _ = nmf.fit(acts.A, max_iter=FIT_ITERS)
     save_fit(root / "fit-1", nmf, Z, acts)
     return acts, nmf, Z, root / "fit-1"
 
