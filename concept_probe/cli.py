@@ -386,7 +386,7 @@ def _extract(args, out: Path | None = None):
 
         model, tokenizer = load_text_model(args.model)
         if args.max_length is not None:  # refused in flag words before any work
-            check_max_length(model, args.max_length, "--max-length")
+            check_max_length(model, args.max_length, "--max-length", tokenizer)
         with _warnings_as_notes():
             return extract_text_activations(
                 model,

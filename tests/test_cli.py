@@ -267,6 +267,7 @@ def test_max_length_flag_warns_on_cut_texts_and_refuses_more_than_the_model_take
     for flags, needle in (
         (["--max-length", "513"], "--max-length must be at most 512, the number of token"),
         (["--max-length", "0"], "--max-length"),
+        (["--max-length", "2"], "--max-length must be at least 3: the 2 special tokens"),
     ):
         code, _out, err = _cli(capsys, "extract", *base, *flags, "--out", tmp_path / "b")
         _assert_one_line_error(code, err, needle)

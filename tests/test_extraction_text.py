@@ -323,6 +323,11 @@ def test_max_length_above_the_models_positions_is_refused_before_any_work(tmp_pa
         hook.remove()
     assert "config.max_position_embeddings" in str(err.value) and "got 513" in str(err.value)
     assert calls == [] and not (tmp_path / "o").exists()
+    # no room for text after [CLS] and [SEP]: the tokenizer would not truncate at all
+    for too_short in (1, 2):
+        with pytest.raises(InvalidParameterError, match=r"at least 3: the 2 special tokens"):
+            extract_text_activations(model, tok, "encoder.layer.1", [LONG], max_length=too_short)
+    assert calls == []
     # 512 is allowed; a text longer still warns that the model cannot take it whole
     with pytest.warns(TruncationWarning, match="This model takes at most 512 tokens"):
         extract_text_activations(

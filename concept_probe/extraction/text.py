@@ -45,9 +45,24 @@ def model_max_length(model: nn.Module) -> int | None:
     return int(n) if n > 0 else None
 
 
-def check_max_length(model: nn.Module, max_length: Any, name: str = "max_length") -> int:
-    """``max_length`` as an int, refused when the model cannot take that many tokens."""
+def check_max_length(
+    model: nn.Module, max_length: Any, name: str = "max_length", tokenizer: Any = None
+) -> int:
+    """``max_length`` as an int, refused when the model cannot take that many tokens.
+
+    With ``tokenizer``, also refused when it leaves no room for text after the special
+    tokens the tokenizer adds (the tokenizer would then not truncate at all).
+    """
     max_length = check_positive_int(max_length, name)
+    count = getattr(tokenizer, "num_special_tokens_to_add", None)
+    n_special = count(pair=False) if callable(count) else 0
+    if is_int(n_special) and max_length <= n_special:
+        fail(
+            name,
+            f"at least {n_special + 1}: the {n_special} special tokens "
+            f"{type(tokenizer).__name__} adds to each text, and one token of the text",
+            max_length,
+        )
     limit = model_max_length(model)
     if limit is not None and max_length > limit:
         fail(
@@ -246,7 +261,7 @@ def extract_text_activations(
         limit = model_max_length(model)
         max_length = DEFAULT_MAX_LENGTH if limit is None else min(DEFAULT_MAX_LENGTH, limit)
     else:
-        max_length = check_max_length(model, max_length)
+        max_length = check_max_length(model, max_length, tokenizer=tokenizer)
     run = _engine.setup(model, layer, device)
     dev = run.device
     items, ids, description = read_texts(texts)
