@@ -72,8 +72,10 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--images",
         type=Path,
-        metavar="DIR",
-        help="folder of images (jpg/png/webp; sub-folders become labels)",
+        metavar="PATH",
+        help="a folder of images (jpg/png/webp/bmp, searched recursively; sub-folders become "
+        "labels), one image file, or a .txt list file: one image path per line, relative to "
+        "the list file's folder (blank lines and # comments ignored)",
     )
     data.add_argument("--texts", type=Path, metavar="FILE", help="text file, one text per line")
     g.add_argument(
@@ -117,6 +119,13 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
         help="texts: tokens kept per text, special tokens included, up to the model's position "
         "limit (default: 128, or that limit if smaller); longer texts are cut, with a warning "
         "saying how many",
+    )
+    g.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="images: leave out files that cannot be read (corrupt, not an image, an "
+        "unsupported pixel mode), listing each once here and in the report; default: refuse, "
+        "listing every unreadable file found",
     )
     g.add_argument(
         "--n-images",
@@ -367,6 +376,7 @@ def _extract(args, out: Path | None = None):
             ("--max-rows", args.max_rows is not None),
             ("--mode pooled", args.mode != "spatial"),
             ("--border", args.border != 0),
+            ("--skip-unreadable", getattr(args, "skip_unreadable", False)),
             *_image_only_flags(args),
         ):
             if used:
@@ -405,9 +415,15 @@ def _extract(args, out: Path | None = None):
                 "--images needs --model (a timm model name, with --pretrained or "
                 "--checkpoint PATH)."
             )
-        if not args.images.is_dir():
-            raise UsageError(f"--images {args.images}: no such folder.")
+        if not args.images.exists():
+            raise UsageError(
+                f"--images {args.images}: no such folder or file (give a folder of images, "
+                f"an image file, or a .txt list of image paths)."
+            )
         from .extraction import extract_image_activations
+        from .extraction._vision_inputs import image_files
+
+        labelled = image_files(args.images).label_names is not None
 
         model = _load_vision(args)
         preprocessing = _preprocessing(args, model)
@@ -425,7 +441,8 @@ def _extract(args, out: Path | None = None):
                 seed=args.seed,
                 out=out,
                 progress=progress,
-                predictions=_has_class_folders(args.images),
+                predictions=labelled,
+                on_error="skip" if getattr(args, "skip_unreadable", False) else "raise",
                 **preprocessing,
             )
     if args.model or args.checkpoint or args.pretrained:
@@ -444,6 +461,8 @@ def _extract(args, out: Path | None = None):
     for flag, used in _image_only_flags(args):
         if used:
             raise UsageError(f"{flag} describes your own model; the demo has its own.")
+    if getattr(args, "skip_unreadable", False):
+        raise UsageError("--skip-unreadable applies to --images; the demo generates its own.")
     if args.layer and len(args.layer) > 1:
         raise UsageError("the demo extracts one --layer at a time.")
     if args.mode != "spatial":
@@ -904,10 +923,6 @@ def _layer_arg(layers: list[str] | None):
     return layers[0] if len(layers) == 1 else list(layers)
 
 
-def _has_class_folders(folder: Path) -> bool:
-    return any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
-
-
 @contextmanager
 def _warnings_as_notes():
     """Library warnings during a stage become one 'warning:' line each on stderr, at once."""
@@ -1006,7 +1021,13 @@ def _add_explain_stage(sub) -> None:
     g.add_argument("--checkpoint", type=Path, metavar="PATH", help="local timm checkpoint")
     g.add_argument("--pretrained", action="store_true", help="timm pretrained weights")
     data = g.add_mutually_exclusive_group()
-    data.add_argument("--images", type=Path, metavar="DIR", help="the folder extracted from")
+    data.add_argument(
+        "--images",
+        type=Path,
+        metavar="PATH",
+        help="the folder, image file or list file extracted from (files it skipped as "
+        "unreadable are skipped again)",
+    )
     data.add_argument("--texts", type=Path, metavar="FILE", help="the text file extracted from")
     g.add_argument("--batch-size", type=int, default=32, metavar="B")
     _add_explain_args(exp)
@@ -1030,12 +1051,17 @@ def _explain_inputs(args, acts):
         model, tokenizer = load_text_model(args.model)
         return model, read_texts(args.texts)[0], tokenizer, None, False
     if getattr(args, "images", None) is not None:
+        from .errors import SkippedInputsWarning
         from .explain import image_inputs
 
         if not args.model:
             raise UsageError("--images needs --model (the timm model extracted from).")
         model = _load_vision(args, warn_random=False)
-        return model, image_inputs(model, args.images), None, None, False
+        skipped = {r["path"] for r in (acts.meta or {}).get("skipped", [])}
+        with warnings.catch_warnings():  # the extraction listed them already
+            warnings.simplefilter("ignore", SkippedInputsWarning)
+            inputs = image_inputs(model, args.images, on_error="skip" if skipped else "raise")
+        return model, inputs, None, None, False
     if getattr(args, "model", None):
         raise UsageError(
             "--model needs the inputs the activations came from: --images DIR or --texts FILE."

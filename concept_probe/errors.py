@@ -21,6 +21,8 @@ __all__ = [
     "NotFittedError",
     "PreprocessingWarning",
     "TruncationWarning",
+    "SkippedInputsWarning",
+    "UnreadableImageError",
     "UnsafeCheckpointError",
     "UnscaledL1Warning",
 ]
@@ -63,6 +65,15 @@ class CorruptFileError(ConceptProbeError, ValueError):
     """A file on disk is truncated, half-written or not in the expected format."""
 
 
+class UnreadableImageError(ConceptProbeError, ValueError):
+    """One or more image files could not be read.
+
+    Not an image, truncated, missing, or in a pixel mode (or value range) with no sane
+    conversion to RGB. The message lists every file found and how to skip them
+    (``on_error='skip'``; CLI: ``--skip-unreadable``).
+    """
+
+
 class FitMismatchError(ConceptProbeError, ValueError):
     """A saved fit was given activations other than the ones it was fitted on."""
 
@@ -92,6 +103,13 @@ class TruncationWarning(UserWarning):
 
     Raised once per extraction with the number of texts cut, out of all, and the longest
     length; pass a larger ``max_length`` (CLI ``--max-length``) to keep them whole.
+    """
+
+
+class SkippedInputsWarning(UserWarning):
+    """Unreadable inputs were left out (``on_error='skip'``).
+
+    Each is listed once, in this warning, in ``acts.meta['skipped']`` and in the report.
     """
 
 

@@ -286,7 +286,7 @@ def test_bad_folders_and_bad_files(tmp_path, vit):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "x.png").write_bytes(b"not a png at all")
-    with pytest.raises(ValueError, match=r"could not decode image file .*x\.png"):
+    with pytest.raises(ValueError, match=r"could not read 1 of 1 image files.*x\.png' \(cannot"):
         extract_image_activations(vit, "blocks.1", broken, progress=False)
 
 

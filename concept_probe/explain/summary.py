@@ -83,11 +83,15 @@ class ClassExplanations:
         }
 
 
-def image_inputs(model, images: Any, *, transform=None, batch_size: int = 64) -> torch.Tensor:
+def image_inputs(
+    model, images: Any, *, transform=None, batch_size: int = 64, on_error: str = "raise"
+) -> torch.Tensor:
     """Model inputs from anything ``extract_image_activations`` reads, as one tensor.
 
     The same preprocessing as extraction (the model's own timm transform, or ``transform``),
-    so that the explainer's inputs reproduce the extracted activations.
+    so that the explainer's inputs reproduce the extracted activations. Pass
+    ``on_error='skip'`` when the extraction skipped unreadable files, so the inputs line up
+    with its samples.
 
     Returns
     -------
@@ -98,7 +102,7 @@ def image_inputs(model, images: Any, *, transform=None, batch_size: int = 64) ->
     kind, first = input_kind(images)
     dataset_transform = getattr(images, "transform", None) if kind.startswith("dataset") else None
     pre = decide_preprocessing(model, kind, transform, None, dataset_transform)
-    source, _ = make_source(images, kind, first, pre, model, False)
+    source, _ = make_source(images, kind, first, pre, model, False, on_error)
     return torch.cat([x for x, _, _ in source.batches(0, batch_size)])
 
 

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import SkippedInputsWarning, UnreadableImageError
 from . import _engine
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 # ------------------------------------------------------------------------ preprocessing
 _FIELDS = ("input_size", "crop_pct", "interpolation", "mean", "std")
@@ -340,17 +341,174 @@ def _label_of(y: Any) -> int:
     return -1
 
 
+# ------------------------------------------------------------------------ pixel modes
+_ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
+
+
+class _ModeError(ValueError):
+    """A pixel mode (or value range) with no sane conversion to 8-bit RGB."""
+
+
+def to_rgb(im):
+    """An 8-bit RGB copy of any PIL image, each mode read by one documented rule.
+
+    - 16-bit integer modes (``I;16``, ``I;16B``, ``I;16L``, ``I;16N``): full-range 16-bit
+      samples, ``v * 255 / 65535`` rounded (not clipped to 8 bits);
+    - ``I`` (32-bit integers): read as 16-bit samples too (what 16-bit grayscale files decode
+      to); values outside 0..65535 are refused;
+    - ``F`` (32-bit floats): read as 0..1 (the float image convention), ``v * 255`` rounded;
+      values outside [0, 1] (or not finite) are refused;
+    - transparency (``RGBA``, ``LA``, ``PA``, premultiplied ``RGBa`` / ``La``, a palette or
+      grey/RGB image with a transparent colour): composited on white;
+    - every other mode (``1``, ``L``, ``P``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, ``RGBX``)
+      by Pillow's own conversion to RGB (an embedded ICC profile is not applied).
+
+    Raises ``ValueError`` naming the mode, the values and the fix when a rule refuses.
+    """
+    from PIL import Image
+
+    mode = im.mode
+    if mode == "RGB" and "transparency" not in im.info:
+        return im
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        a = np.asarray(im)
+        if a.ndim != 2:  # pragma: no cover - these modes are single-channel
+            raise _ModeError(f"mode {mode!r} with shape {a.shape} is not a single-channel image")
+        a = a.astype(np.float64)
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        if mode == "F":
+            if not (np.isfinite(a).all() and lo >= 0 and hi <= 1):
+                raise _ModeError(
+                    f"a mode 'F' (32-bit float) image is read as values in [0, 1], but this "
+                    f"one holds values in [{lo:g}, {hi:g}]. Rescale it to [0, 1] first, or "
+                    f"save it as an 8-bit or 16-bit image"
+                )
+            g = a * 255.0
+        else:
+            if lo < 0 or hi > 65535:
+                raise _ModeError(
+                    f"a mode {mode!r} (integer) image is read as 16-bit samples (0..65535), "
+                    f"but this one holds values in [{lo:g}, {hi:g}]. Rescale it to 0..65535 "
+                    f"(or to 8 bits: Image.fromarray(array.astype('uint8'))) first"
+                )
+            g = a * (255.0 / 65535.0)
+        return Image.fromarray(np.clip(np.rint(g), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode in ("RGBa", "La"):  # premultiplied alpha: on white, out = c + (255 - alpha)
+        a = np.asarray(im).astype(np.int32)
+        out = np.clip(a[..., :-1] + (255 - a[..., -1:]), 0, 255).astype(np.uint8)
+        out = np.repeat(out, 3, axis=-1) if out.shape[-1] == 1 else out
+        return Image.fromarray(out, "RGB")
+    if mode in _ALPHA_MODES or "transparency" in im.info:
+        try:
+            rgba = im.convert("RGBA")
+        except ValueError as exc:
+            raise _ModeError(f"mode {mode!r} with transparency: {exc}") from exc
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    try:
+        return im.convert("RGB")
+    except ValueError as exc:
+        raise _ModeError(
+            f"Pillow cannot convert mode {mode!r} to RGB ({exc}); convert the image to RGB "
+            f"yourself first"
+        ) from exc
+
+
+# ------------------------------------------------------------------------ image files
+_SKIP_HINT = "pass on_error='skip' (CLI: --skip-unreadable) to leave unreadable files out"
+
+
+def _reason(exc: BaseException, path: Path) -> str:
+    """A short, path-free reason for a failed read (Pillow's messages repeat the path)."""
+    msg = str(exc)
+    for p in (repr(str(path)), str(path)):
+        msg = msg.replace(p, "")
+    msg = " ".join(msg.replace("''", "").split()).rstrip(" .:")
+    return msg or type(exc).__name__
+
+
+def _read_problem(path: Path, full: bool) -> str | None:
+    """Why ``path`` cannot be read (None: it can).
+
+    ``full=False`` is the cheap check (the file exists and its header names a known image
+    format and mode); ``full=True`` decodes it whole, as extraction will.
+    """
+    from PIL import Image
+
+    if not path.is_file():
+        return "file not found"
+    try:
+        with Image.open(path) as im:
+            if full:
+                im.load()
+                to_rgb(im)
+    except _ModeError as exc:
+        return str(exc)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        return _reason(exc, path)
+    return None
+
+
 def _open_image(path: Path):
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ValueError(
-            f"could not decode image file {str(path)!r} ({exc}). Remove or replace it and run the "
-            f"extraction again."
+            im.load()
+            return to_rgb(im)
+    except _ModeError as exc:
+        raise UnreadableImageError(f"image file {str(path)!r}: {exc}; or {_SKIP_HINT}.") from exc
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        raise UnreadableImageError(
+            f"could not decode image file {str(path)!r} ({_reason(exc, path)}). Remove or "
+            f"replace it and run the extraction again, or {_SKIP_HINT}."
         ) from exc
+
+
+def _shown(problems: list[tuple[Path, str]], limit: int = 10) -> str:
+    shown = "; ".join(f"{str(p)!r} ({r})" for p, r in problems[:limit])
+    more = len(problems) - limit
+    return shown + (f"; and {more} more" if more > 0 else "")
+
+
+def check_image_files(paths: list[Path], on_error: str, where: str) -> tuple[list[int], list[dict]]:
+    """The indices of the readable files in ``paths``, and the skipped ones as records.
+
+    ``on_error='raise'`` runs the cheap check on every file (the header, so empty files,
+    non-images and unknown modes are all found before the first forward pass) and raises one
+    :class:`UnreadableImageError` listing every file found; a file that fails only when
+    decoded whole raises when it is read, naming it. ``on_error='skip'`` decodes every file
+    up front (so the inputs, their indices and labels are fixed before extraction starts) and
+    leaves out the unreadable ones, each listed once in a :class:`SkippedInputsWarning` and
+    in the returned records ``{'path', 'reason'}``.
+    """
+    full = on_error == "skip"
+    problems = []
+    keep = []
+    for i, p in enumerate(paths):
+        why = _read_problem(p, full)
+        if why is None:
+            keep.append(i)
+        else:
+            problems.append((p, why))
+    if not problems:
+        return keep, []
+    if not full:
+        raise UnreadableImageError(
+            f"could not read {len(problems)} of {len(paths)} image files in {where}: "
+            f"{_shown(problems)}. Remove or replace them, or {_SKIP_HINT}."
+        )
+    if not keep:
+        raise UnreadableImageError(
+            f"none of the {len(paths)} image files in {where} can be read: {_shown(problems)}."
+        )
+    warnings.warn(
+        f"skipped {len(problems)} unreadable image file(s) of the {len(paths)} in {where}: "
+        f"{_shown(problems)} (all listed in acts.meta['skipped'] and in the report).",
+        SkippedInputsWarning,
+        stacklevel=4,
+    )
+    return keep, [{"path": str(p), "reason": r} for p, r in problems]
 
 
 def _is_pil(x: Any) -> bool:
@@ -504,6 +662,18 @@ class _LoaderSource(_Source):
             yield x[skip:], labels[skip:], ids[skip:]
 
 
+def _class_labels(rel: list[Path | None]) -> tuple[list[int] | None, list[str] | None]:
+    """ImageFolder-style labels: a path's first sub-folder is its class (sorted names).
+
+    A file directly in the root (or outside it: ``None``) gets -1. No sub-folders: no labels.
+    """
+    top = sorted({r.parts[0] for r in rel if r is not None and len(r.parts) > 1})
+    if not top:
+        return None, None
+    index = {n: i for i, n in enumerate(top)}
+    return [index[r.parts[0]] if r is not None and len(r.parts) > 1 else -1 for r in rel], top
+
+
 def _list_folder(folder: Path) -> tuple[list[Path], list[int] | None, list[str] | None, list]:
     if not folder.is_dir():
         raise NotADirectoryError(f"{str(folder)!r} is not a folder.")
@@ -527,14 +697,90 @@ def _list_folder(folder: Path) -> tuple[list[Path], list[int] | None, list[str] 
             f"{len(skipped)} other file(s), e.g. {shown}."
         )
     # Sub-folders are class labels (ImageFolder style); files directly in the folder get -1.
-    rel = [p.relative_to(folder) for p in files]
-    top = sorted({r.parts[0] for r in rel if len(r.parts) > 1})
-    labels = names = None
-    if top:
-        names = top
-        index = {n: i for i, n in enumerate(top)}
-        labels = [index[r.parts[0]] if len(r.parts) > 1 else -1 for r in rel]
+    labels, names = _class_labels([p.relative_to(folder) for p in files])
     return files, labels, names, skipped
+
+
+LIST_EXTENSIONS = (".txt",)
+
+
+def _read_list_file(path: Path) -> tuple[list[Path], list[int] | None, list[str] | None]:
+    """The image paths a list file names, and their class labels.
+
+    One path per line, relative to the list file's folder (absolute paths as they are);
+    blank lines and lines starting with ``#`` are ignored.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"list file {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); a "
+            f"list file holds one image path per line."
+        ) from exc
+    root = path.parent
+    paths, rel = [], []
+    for line in lines:
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        p = Path(entry)
+        p = p if p.is_absolute() else root / p
+        paths.append(p)
+        try:
+            rel.append(p.relative_to(root) if ".." not in Path(entry).parts else None)
+        except ValueError:
+            rel.append(None)
+    if not paths:
+        raise ValueError(
+            f"list file {str(path)!r} names no images: write one image path per line "
+            f"(relative to the list file's folder; blank lines and # comments are ignored)."
+        )
+    labels, names = _class_labels(rel)
+    return paths, labels, names
+
+
+@dataclass
+class ImageFiles:
+    """The image files a path names (a folder, one image file, or a list file)."""
+
+    paths: list[Path]
+    labels: list[int] | None
+    label_names: list[str] | None
+    non_images: list[Path]  # files in a folder left out for their extension
+    root: Path | None  # fingerprints are relative to it (None: a list of paths)
+    where: str  # "folder 'x'", "list file 'x'", ...
+
+
+def image_files(images: str | os.PathLike | list) -> ImageFiles:
+    """Resolve what ``images`` names into image paths and their class labels.
+
+    A folder is searched recursively for image files (sub-folders become class labels); an
+    image file is one input; a ``.txt`` file is a list file (one image path per line, relative
+    to its folder; a path's first sub-folder is its class, as for a folder); a list or tuple
+    holds the paths themselves.
+    """
+    if isinstance(images, (list, tuple)):
+        paths = [Path(p) for p in images]
+        return ImageFiles(paths, None, None, [], None, f"the list of {len(paths)} paths")
+    path = Path(images)
+    kinds = f"a folder of images, an image file ({', '.join(IMAGE_EXTENSIONS)}) or a list file"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"image folder or file {str(path)!r} does not exist; images may be {kinds} (.txt, "
+            f"one image path per line)."
+        )
+    if path.is_dir():
+        files, labels, names, non_images = _list_folder(path)
+        return ImageFiles(files, labels, names, non_images, path, f"folder {str(path)!r}")
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return ImageFiles([path], None, None, [], path.parent, f"image file {str(path)!r}")
+    if path.suffix.lower() in LIST_EXTENSIONS:
+        files, labels, names = _read_list_file(path)
+        return ImageFiles(files, labels, names, [], path.parent, f"list file {str(path)!r}")
+    raise ValueError(
+        f"{str(path)!r} is not an image file ({', '.join(IMAGE_EXTENSIONS)}) nor a list file "
+        f"(.txt, one image path per line); images may be {kinds}."
+    )
 
 
 def input_kind(images: Any) -> tuple[str, Any]:
@@ -578,51 +824,30 @@ def input_kind(images: Any) -> tuple[str, Any]:
 
 
 def make_source(
-    images: Any, kind: str, first: Any, pre: Preprocessing, model: nn.Module, out_given: bool
+    images: Any,
+    kind: str,
+    first: Any,
+    pre: Preprocessing,
+    model: nn.Module,
+    out_given: bool,
+    on_error: str = "raise",
 ) -> tuple[_Source, dict]:
     """Turn the user's ``images`` (``kind`` and ``first`` from :func:`input_kind`) into a source.
 
-    Also returns extra metadata (skipped files).
+    Image files are checked up front (:func:`check_image_files`); ``on_error='skip'`` leaves
+    out the unreadable ones. Also returns the source's extra metadata: non-image files left
+    out of a folder (``skipped_files``) and unreadable files skipped (``skipped``).
     """
     extra: dict = {}
     if kind == "tensor":
         return _TensorSource(images), extra
-    if kind == "files" and isinstance(images, (str, os.PathLike)):
-        folder = Path(images)
-        if not folder.exists():
-            raise FileNotFoundError(f"image folder {str(folder)!r} does not exist.")
-        if folder.is_file():
-            files, labels, names, skipped = [folder], None, None, []
-        else:
-            files, labels, names, skipped = _list_folder(folder)
-        if skipped:
-            extra["skipped_files"] = [str(p) for p in skipped[:20]]
-            extra["n_skipped_files"] = len(skipped)
-            warnings.warn(
-                f"{len(skipped)} non-image file(s) in {str(folder)!r} were skipped (only "
-                f"{', '.join(IMAGE_EXTENSIONS)} are read), e.g. {str(skipped[0])!r}.",
-                UserWarning,
-                stacklevel=3,
-            )
-        prep = _pil_prep(_need_transform(pre, model, "image files"))
-        ids = [str(p) for p in files]
-        fp = _engine.strings_fingerprint(
-            [
-                f"{p.relative_to(folder) if folder.is_dir() else p.name}:{p.stat().st_size}"
-                for p in files
-            ]
+    if kind == "files":
+        return _file_source(image_files(images), pre, model, on_error)
+    if on_error != "raise":
+        raise ValueError(
+            f"on_error={on_error!r} leaves out unreadable image files; these inputs are not "
+            f"files ({kind}), so nothing would be skipped. Drop on_error=, or pass the files."
         )
-        src = _ItemSource(
-            lambda i: _open_image(files[i]),
-            len(files),
-            ids,
-            prep,
-            labels,
-            f"folder {str(folder)!r} ({len(files)} images)",
-            fp,
-        )
-        src.label_names = names
-        return src, extra
     if kind == "loader":
         return _LoaderSource(images, out_given), extra
     if kind.startswith("dataset"):
@@ -647,22 +872,6 @@ def make_source(
     items = list(images)
     if not items:
         raise ValueError("the list of images is empty; nothing to extract.")
-    if kind == "files":
-        paths = [Path(p) for p in items]
-        missing = [str(p) for p in paths if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"image file(s) not found: {missing[:5]}.")
-        prep = _pil_prep(_need_transform(pre, model, "image files"))
-        fp = _engine.strings_fingerprint([f"{p}:{p.stat().st_size}" for p in paths])
-        return _ItemSource(
-            lambda i: _open_image(paths[i]),
-            len(paths),
-            [str(p) for p in paths],
-            prep,
-            None,
-            f"{len(paths)} image files",
-            fp,
-        ), extra
     bad = [type(x).__name__ for x in items if not _is_pil(x)]
     if bad:
         raise TypeError(
@@ -679,7 +888,7 @@ def make_source(
         else []
     )
     return _ItemSource(
-        lambda i: items[i].convert("RGB"),
+        lambda i: to_rgb(items[i]),
         len(items),
         [f"image[{i}]" for i in range(len(items))],
         prep,
@@ -687,6 +896,47 @@ def make_source(
         f"{len(items)} PIL images",
         fp,
     ), extra
+
+
+def _file_source(found: ImageFiles, pre: Preprocessing, model: nn.Module, on_error: str):
+    """A source over image files: checked up front, unreadable ones skipped or refused."""
+    extra: dict = {}
+    if not found.paths:
+        raise ValueError("the list of images is empty; nothing to extract.")
+    if found.non_images:
+        extra["skipped_files"] = [str(p) for p in found.non_images[:20]]
+        extra["n_skipped_files"] = len(found.non_images)
+        warnings.warn(
+            f"{len(found.non_images)} non-image file(s) in {found.where} were skipped (only "
+            f"{', '.join(IMAGE_EXTENSIONS)} are read), e.g. {str(found.non_images[0])!r}.",
+            UserWarning,
+            stacklevel=4,
+        )
+    prep = _pil_prep(_need_transform(pre, model, "image files"))
+    keep, skipped = check_image_files(found.paths, on_error, found.where)
+    paths = [found.paths[i] for i in keep]
+    # labels follow their files: a class index is the sub-folder's among all listed files
+    labels = [found.labels[i] for i in keep] if found.labels is not None else None
+    if skipped:
+        extra["skipped"] = skipped
+
+    def key(p: Path) -> str:
+        if found.root is not None:
+            try:
+                return str(p.relative_to(found.root))
+            except ValueError:
+                pass
+        return str(p)
+
+    fp = _engine.strings_fingerprint([f"{key(p)}:{p.stat().st_size}" for p in paths])
+    n = len(paths)
+    what = f"{found.where} ({n} images" + (
+        f"; {len(skipped)} unreadable, skipped)" if skipped else ")"
+    )
+    ids = [str(p) for p in paths]
+    src = _ItemSource(lambda i: _open_image(paths[i]), n, ids, prep, labels, what, fp)
+    src.label_names = found.label_names
+    return src, extra
 
 
 def _pil_prep(transform: Callable) -> Callable:
@@ -714,7 +964,7 @@ def _dataset_prep(pre: Preprocessing, model: nn.Module) -> Callable:
             item = Image.fromarray(item)
         if _is_pil(item):
             size = (item.size[1], item.size[0])
-            x = _need_transform(pre, model, "the dataset's PIL images")(item.convert("RGB"))
+            x = _need_transform(pre, model, "the dataset's PIL images")(to_rgb(item))
         elif isinstance(item, torch.Tensor):
             x = pre.transform(item) if pre.user_transform else item
         else:

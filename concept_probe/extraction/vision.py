@@ -35,6 +35,7 @@ __all__ = ["IMAGE_EXTENSIONS", "extract_image_activations"]
 _MODES = ("spatial", "pooled")
 _INCLUDE = ("patch", "prefix", "all")
 _LAYOUTS = (None, "nchw", "nhwc", "tokens")
+_ON_ERROR = ("raise", "skip")
 
 
 def extract_image_activations(
@@ -63,6 +64,7 @@ def extract_image_activations(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     predictions: bool = False,
+    on_error: str = "raise",
 ) -> Activations | dict[str, Activations]:
     """Activations of one or several layers of a vision model, one row per position or image.
 
@@ -76,10 +78,16 @@ def extract_image_activations(
         Any PyTorch model (timm models get their own preprocessing automatically).
     layer : str or list of str
         Dotted module name(s) from ``model.named_modules()``; see :func:`list_layers`.
-    images : Tensor, Dataset, DataLoader, list of PIL images or paths, or folder path
+    images : Tensor, Dataset, DataLoader, list of PIL images or paths, or a path
         A float tensor (B, C, H, W) is used as given (already preprocessed). A Dataset may yield
-        tensors, PIL images, or ``(image, label)`` pairs. A folder is searched recursively for
-        jpg / jpeg / png / webp / bmp files (sorted); its sub-folders become class labels.
+        tensors, PIL images, or ``(image, label)`` pairs. A path may be a folder (searched
+        recursively for jpg / jpeg / png / webp / bmp / tif files, sorted; its sub-folders become
+        class labels), one image file, or a ``.txt`` list file: one image path per line,
+        relative to the list file's folder (absolute paths as they are; blank lines and lines
+        starting with ``#`` ignored; a path's first sub-folder is its class, as for a folder).
+        Every PIL mode is read into 8-bit RGB by one rule (see the extraction guide): 16-bit images
+        scaled by 65535 (not clipped), ``F`` images read as [0, 1], transparency composited
+        on white.
     mode : {'spatial', 'pooled'}
         ``'spatial'``: one row per feature-map position (y, x) of every image; for (B, T, C)
         token outputs (ViT) the patch tokens are laid out on their grid. ``'pooled'``: one row
@@ -143,9 +151,22 @@ def extract_image_activations(
         Run each forward pass to the end and, when the model returns logits (B, n_classes),
         record its accuracy on the labelled inputs (class sub-folder ``i`` taken as class
         ``i``) in ``acts.meta['predictions']``.
+    on_error : {'raise', 'skip'}, default='raise'
+        What an unreadable image file (not an image, truncated, a pixel mode or value range
+        with no conversion rule, missing) does; image files only. ``'raise'``: every file is
+        checked up front (its header: cheap) and one error lists all the files found; a file
+        that fails only when decoded whole stops the run when it is read, naming it.
+        ``'skip'``: every file is decoded up front and the unreadable ones are left out before
+        extraction starts, so sample indices, ids and labels are those of the files kept;
+        each skipped file is listed once (a ``SkippedInputsWarning``,
+        ``acts.meta['skipped']`` as ``{'path', 'reason'}`` records, saved with the
+        activations, and the report). The default refuses because a broken file often means a
+        broken copy of the data set, which is better known before a long run.
 
     Warns
     -----
+    concept_probe.errors.SkippedInputsWarning
+        With ``on_error='skip'``, when unreadable files were left out (all listed in one).
     PreprocessingWarning
         When most images are upsampled more than 2x to the model's input size, or when the
         checkpoint the model was loaded from records another preprocessing.
@@ -158,6 +179,8 @@ def extract_image_activations(
     ------
     LayerNotFoundError
         If a layer name is not in the model (the message lists the closest names).
+    concept_probe.errors.UnreadableImageError
+        With ``on_error='raise'``, for image files that cannot be read (all listed).
     ValueError, TypeError
         For inputs that cannot be used (empty folder, no images, wrong shapes, ...).
 
@@ -185,6 +208,7 @@ def extract_image_activations(
     ):
         check_positive_int(value, name, none_ok=True)
     check_int(seed, "seed", minimum=0)
+    check_choice(on_error, "on_error", _ON_ERROR)
     border = check_int(border, "border", minimum=0)
     if border and mode != "spatial":
         raise ValueError(
@@ -203,7 +227,7 @@ def extract_image_activations(
     dataset_transform = getattr(images, "transform", None) if kind.startswith("dataset") else None
     pre = decide_preprocessing(model, kind, transform, normalization, dataset_transform, overrides)
     _warn_checkpoint_disagrees(model, pre)
-    source, extra_meta = make_source(images, kind, first, pre, model, out is not None)
+    source, extra_meta = make_source(images, kind, first, pre, model, out is not None, on_error)
     if max_rows is not None and source.n is None:
         raise ValueError(
             "max_rows needs the number of images up front, but this input has no len(); use "

@@ -844,6 +844,7 @@ def _input_lines(meta: dict) -> list[str | None]:
         ("Preprocessing: " + "; ".join(shown) + ".") if shown else None,
         accuracy_line(meta),
         truncation_line(meta),
+        skipped_line(meta),
     ]
 
 
@@ -858,6 +859,21 @@ def truncation_line(meta: dict) -> str | None:
         f"{meta.get('max_length')} tokens {'were' if n != 1 else 'was'} cut there"
         + (f" (the longest has {longest} tokens)" if longest else "")
         + "; their later tokens have no rows (extract again with a larger --max-length)."
+    )
+
+
+def skipped_line(meta: dict, limit: int = 20) -> str | None:
+    """The inputs an extraction left out as unreadable (``on_error='skip'``), one line."""
+    skipped = meta.get("skipped") or []
+    if not skipped:
+        return None
+    shown = "; ".join(f"{r.get('path')} ({r.get('reason')})" for r in skipped[:limit])
+    more = f"; and {len(skipped) - limit} more (all in the activations' meta)" * (
+        len(skipped) > limit
+    )
+    return (
+        f"Skipped inputs: {len(skipped)} unreadable file(s) left out of the extraction, so "
+        f"not in these results: {shown}{more}."
     )
 
 
