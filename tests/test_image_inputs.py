@@ -357,3 +357,24 @@ def test_cli_skip_unreadable_list_file_and_one_file(mixed, byo, capsys, tmp_path
     assert code == 0, err and Activations.load(out / "o.cp").n_samples == 1
     code, _, err = _cli(capsys, "extract", "--images", folder / "nope", *TINY)
     assert code == 2 and "no such folder or file" in err
+
+
+def test_cli_explain_skips_the_files_the_extraction_skipped(mixed):
+    """The explain stage reads the folder again: it must leave out the same files, quietly."""
+    import argparse
+
+    from concept_probe.cli import _explain_inputs
+    from concept_probe.explain import image_inputs
+
+    pytest.importorskip("timm")
+    folder, _ = mixed
+    with pytest.warns(SkippedInputsWarning):
+        acts = identity_rows(folder, on_error="skip")
+    args = argparse.Namespace(texts=None, images=folder, model="resnet10t", checkpoint=None)
+    model, inputs, *_ = _explain_inputs(args, acts)  # a leaked warning would fail here
+    assert inputs.shape[0] == acts.n_samples == 4
+    with pytest.warns(SkippedInputsWarning):
+        again = image_inputs(model, folder, on_error="skip")
+    assert torch.equal(inputs, again)
+    with pytest.raises(UnreadableImageError, match=r"b\.jpg"):  # nothing skipped at extraction
+        _explain_inputs(args, acts.replace(meta={}))
