@@ -33,11 +33,14 @@ __all__ = [
     "atomic_file",
     "check_format",
     "check_sealed",
+    "check_writable_output",
     "chunk_digests",
     "default_mode",
     "folder_lock",
+    "free_bytes",
     "fsync_dir",
     "load_tensors",
+    "nearest_existing",
     "remove_stale_temporaries",
     "save_tensors_atomic",
     "seal",
@@ -158,6 +161,78 @@ def folder_lock(path: str | os.PathLike, flag: str = "--out") -> Iterator[Path]:
         yield path
     finally:
         os.close(fd)  # releases the lock
+
+
+def nearest_existing(path: str | os.PathLike) -> Path:
+    """``path`` itself if it exists, else its closest existing parent (the cwd at worst)."""
+    p = Path(os.path.abspath(path))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _probe_write(folder: Path) -> OSError | None:
+    """Create and remove one empty hidden file in ``folder``; the error if that fails."""
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(prefix=".concept_probe-write-test-", dir=folder)
+    except OSError as exc:
+        return exc
+    os.close(fd)
+    os.unlink(name)
+    return None
+
+
+def check_writable_output(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Check, before any work, that an output folder can be created (or replaced) at ``path``.
+
+    Refuses a ``path`` that is an existing file, a ``path`` below a file (its parent cannot be
+    created), and folders this process cannot write in: the nearest existing parent (where the
+    folder, its lock and its temporaries go) and ``path`` itself when it exists (outputs are
+    written inside it). Writability is tried, not guessed from permission bits: one empty
+    hidden file is created and removed in each, so a read-only mount, an ACL or a full inode
+    table are found too. Nothing else is written.
+
+    Returns
+    -------
+    Path
+        The nearest existing folder (where free disk space can be measured).
+
+    Raises
+    ------
+    NotADirectoryError, PermissionError
+        With a one-line message naming ``flag``, the folder at fault and the fix.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(
+            f"{flag} {path} is an existing file; give a folder (a new or empty one), or remove "
+            f"the file."
+        )
+    base = nearest_existing(path.parent if path.exists() else path)
+    if not base.is_dir():
+        raise NotADirectoryError(
+            f"{flag} {path} cannot be created: {base} is a file, not a folder; choose a "
+            f"{flag} path below a folder."
+        )
+    for folder in (base, path) if path.is_dir() else (base,):
+        error = _probe_write(folder)
+        if error is not None:
+            why = error.strerror or type(error).__name__
+            raise PermissionError(
+                f"{flag} {path}: cannot write in {folder} ({why}); choose a folder you can "
+                f"write to with {flag}, or change that folder's permissions."
+            )
+    return base
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Free bytes on the disk that holds (or will hold) ``path``; None if unknown."""
+    try:
+        return shutil.disk_usage(nearest_existing(path)).free
+    except OSError:
+        return None
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

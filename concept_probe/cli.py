@@ -359,8 +359,12 @@ def _default_layer(model) -> str:
         ) from None
 
 
-def _extract(args, out: Path | None = None):
-    """Extract the activations the flags describe; with ``out``, stream them there (resumable)."""
+def _extract(args, out: Path | None = None, check=None):
+    """Extract the activations the flags describe; with ``out``, stream them there (resumable).
+
+    ``check`` is called with the expected sizes ({layer: Expected}, from a shape probe) once the
+    model is loaded, before the first forward pass on the inputs (see :func:`_preflight`).
+    """
     progress = not args.quiet
     _positive("--batch-size", args.batch_size)
     _positive("--max-rows", args.max_rows, allow_none=True)
@@ -397,6 +401,19 @@ def _extract(args, out: Path | None = None):
         model, tokenizer = load_text_model(args.model)
         if args.max_length is not None:  # refused in flag words before any work
             check_max_length(model, args.max_length, "--max-length", tokenizer)
+        if check is not None:
+            from .extraction._preflight import expected_text_rows
+
+            check(
+                expected_text_rows(
+                    model,
+                    tokenizer,
+                    _layer_arg(args.layer),
+                    args.texts,
+                    max_length=args.max_length,
+                    device=args.device,
+                )
+            )
         with _warnings_as_notes():
             return extract_text_activations(
                 model,
@@ -428,6 +445,21 @@ def _extract(args, out: Path | None = None):
         model = _load_vision(args)
         preprocessing = _preprocessing(args, model)
         layer = _layer_arg(args.layer) or _default_layer(model)
+        if check is not None:
+            from .extraction._preflight import expected_image_rows
+
+            check(
+                expected_image_rows(
+                    model,
+                    layer,
+                    args.images,
+                    mode=args.mode,
+                    max_rows=args.max_rows,
+                    border=args.border,
+                    device=args.device,
+                    **preprocessing,
+                )
+            )
         with _warnings_as_notes():
             return extract_image_activations(
                 model,
@@ -472,6 +504,8 @@ def _extract(args, out: Path | None = None):
         )
     from .demo import demo_activations
 
+    if check is not None:
+        check(_demo_expected(args))
     acts = demo_activations(
         args.n_images,
         seed=args.seed,
@@ -537,13 +571,113 @@ def _print_done(acts, nmf, t0: float) -> None:
     )
 
 
+# ----------------------------------------------------------------------------- pre-flight
+#: commands that write under --out, and what they write there
+_WRITERS = ("run", "extract", "fit", "report", "explain", "evaluate")
+
+
+def _check_out(args) -> None:
+    """--out can be written (tried, not guessed): before the lock, the model and any input."""
+    out = getattr(args, "out", None)
+    if out is None or args.command not in _WRITERS:
+        return
+    from ._io import check_writable_output
+
+    check_writable_output(Path(out), "--out")
+
+
+def _demo_expected(args) -> dict:
+    """The demo's rows: ``--n-images`` generated images, probed like any image tensor."""
+    import torch
+
+    from . import zoo
+    from .extraction._preflight import expected_image_rows
+
+    meta = zoo.demo_metadata()
+    size = tuple(int(v) for v in meta["data_config"]["input_size"])
+    layer = _layer_arg(args.layer) or meta["recommended_layer"]
+    return expected_image_rows(
+        zoo.load_demo_model(),
+        layer,
+        torch.zeros(1, *size),
+        n_inputs=args.n_images,
+        device=args.device,
+        max_image_size=None,
+    )
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _folder_bytes(path: Path) -> int:
+    if not path.is_dir():
+        return 0
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def _preflight(args, out: Path, *, concepts: int | None, streamed: bool, reuse: Path | None):
+    """The check ``_extract`` runs before its first forward pass (``--concepts``, disk space).
+
+    ``streamed``: the rows go to disk in shards, then are merged into one file (twice the
+    bytes for a moment). ``reuse``: what is already there (a partial extraction) counts as
+    written.
+    """
+
+    def check(expected: dict) -> None:
+        from ._io import free_bytes
+
+        if not expected:
+            return
+        for layer, e in expected.items():
+            if concepts is not None and concepts > e.n_rows:
+                at = f" at layer {layer}" if layer else ""
+                cap = (
+                    " (--max-rows caps them)"
+                    if getattr(args, "max_rows", None) is not None and e.n_rows == args.max_rows
+                    else ""
+                )
+                raise UsageError(
+                    f"--concepts {concepts} is larger than the {e.n_rows} rows the extraction "
+                    f"will give{at} ({e.n_inputs} inputs, {e.rows_per_input:.3g} rows each)"
+                    f"{cap}; use --concepts {e.n_rows} or fewer, or give more inputs."
+                )
+        n_rows = sum(e.n_rows for e in expected.values())
+        need = sum(e.nbytes for e in expected.values()) * (2 if streamed else 1)
+        if concepts is not None:
+            need += 8 * n_rows * concepts  # the fit: Z (rows x k) and W (k x rows), float32
+        need -= _folder_bytes(reuse) if reuse is not None else 0
+        free = free_bytes(out)
+        if free is not None and need > free:
+            e = next(iter(expected.values()))
+            merged = "; twice that while its shards are merged" if streamed else ""
+            raise UsageError(
+                f"--out {out}: this run needs about {_gb(need)} on disk ({n_rows} rows x "
+                f"{e.n_features} features, float32{merged}) but only {_gb(free)} are free "
+                f"there; free some space, or choose --out on another disk."
+            )
+
+    return check
+
+
+def _check_concepts_fit(args, acts) -> None:
+    """fit: --concepts against the rows of the activations, before the fit starts."""
+    if args.concepts > acts.n_rows:
+        raise UsageError(
+            f"--concepts {args.concepts} is larger than the {acts.n_rows} rows of "
+            f"{args.activations}; use --concepts {acts.n_rows} or fewer, or extract more "
+            f"inputs."
+        )
+
+
 def _cmd_run(args) -> int:
     t0 = time.perf_counter()
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder.")
     _estimator(args)  # checks the fit arguments before anything is extracted
-    per_layer = _by_layer(_extract(args))
+    check = _preflight(args, out, concepts=args.concepts, streamed=False, reuse=None)
+    per_layer = _by_layer(_extract(args, check=check))
     for layer, acts in per_layer.items():
         # one layer: out/ holds its files; several: one sub-folder (and report) per layer
         folder = out if len(per_layer) == 1 else out / _safe_dirname(layer)
@@ -610,6 +744,8 @@ def _cmd_extract(args) -> int:
             f"with the same settings.",
             file=sys.stderr,
         )
+    streamed = args.images is not None or args.texts is not None
+    check = _preflight(args, out, concepts=None, streamed=streamed, reuse=out)
     if _torchrun_world() > 1:
         # torchrun: every rank extracts its share of the inputs, then the shares are merged
         # into one activations folder (concept_probe/extraction/_sharded.py).
@@ -620,13 +756,13 @@ def _cmd_extract(args) -> int:
         seconds = float(os.environ.get("CONCEPT_PROBE_DIST_TIMEOUT", "600"))
         dist.init_process_group("gloo", timeout=timedelta(seconds=seconds))
         try:
-            per_layer = _by_layer(_extract(args, out=out))
+            per_layer = _by_layer(_extract(args, out=out, check=check))
             if dist.get_rank() != 0:
                 return 0
         finally:
             dist.destroy_process_group()
     else:
-        per_layer = _by_layer(_extract(args, out=out))
+        per_layer = _by_layer(_extract(args, out=out, check=check))
     for layer, acts in per_layer.items():
         # several layers: --out is a folder with one activations folder per layer
         where = out if len(per_layer) == 1 else out / _safe_dirname(layer)
@@ -701,6 +837,7 @@ def _cmd_fit(args) -> int:
     if _torchrun_world() > 1:
         return _cmd_fit_distributed(args, nmf, t0)
     acts = _load_acts(args.activations)
+    _check_concepts_fit(args, acts)
     nmf, Z = _fit(args, acts, nmf)
     _save_fit(nmf, Z, acts, args.out)
     _print_done(acts, nmf, t0)
@@ -1402,6 +1539,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return EXIT_USAGE
         texts = getattr(args, "texts", None) is not None
+        _check_out(args)  # before the lock (it creates the parent) and before any work
         with (
             _sigterm_as_interrupt(),
             _out_locked(args),

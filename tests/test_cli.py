@@ -453,7 +453,8 @@ def test_extract_streams_to_out_and_resumes_an_interrupted_run(
 
     monkeypatch.setattr(engine, "SHARD_BYTES", 1)  # one shard per text
     real_load = extraction.load_text_model
-    calls, stop_at = [], [3]
+    # call 1 is the shape probe (one text, in memory), then texts 0 and 1; stop on text 2
+    calls, stop_at = [], [4]
 
     def load_counting(*args, **kwargs):
         model, tok = real_load(*args, **kwargs)
@@ -475,7 +476,7 @@ def test_extract_streams_to_out_and_resumes_an_interrupted_run(
     code, stdout, err = _cli(capsys, *argv, "--out", out)
     assert code == 0, err
     assert "resuming the interrupted extraction" in err
-    assert len(calls) == 2  # texts 0 and 1 were kept; only 2 and 3 ran again
+    assert len(calls) == 3  # texts 0 and 1 were kept; the probe, then only 2 and 3 ran again
     acts = Activations.load(out)
     assert torch.equal(acts.A, whole.A) and acts.tokens == whole.tokens
     assert "Saved" in stdout and not (out / "progress.json").exists()

@@ -414,7 +414,8 @@ def test_every_stage_turns_library_errors_into_one_line(tmp_path, capsys, labell
         (["explain", tmp_path / "missing.cp", tmp_path], "no such activations"),
         (
             ["run", *tiny, "--model-kwargs", "in_chans=1", "--images", labelled, *size8],
-            "the forward pass of TinyNet failed on inputs (4, 3, 8, 8) (RuntimeError: ",
+            # found by the shape probe (one zero image) before any of the 4 images is read
+            "the forward pass of TinyNet failed on inputs (1, 3, 8, 8) (RuntimeError: ",
         ),
     ]
     for argv, needle in cases:
