@@ -133,6 +133,9 @@ class FitSizeWarning(UserWarning):
 class TopKCappedWarning(UserWarning):
     """A report was asked for more inputs per concept than it can show or the data holds."""
 
+    #: the argument it is about (``write_report(k=...)``; the command line names its flag)
+    param = "k"
+
 
 class ConvergenceWarning(UserWarning):
     """An iterative solver stopped at ``max_iter`` before meeting its tolerance."""

@@ -48,7 +48,7 @@ def test_the_cli_says_it_capped_top(tmp_path, capsys):
     code = main([*args, "--out", str(tmp_path / "rep")])
     assert code == 0
     err = capsys.readouterr().err
-    assert "warning: k=100000 inputs per concept: showing 6" in err
+    assert "warning: --top 100000 inputs per concept: showing 6" in err
 
 
 def test_more_concepts_than_features_warns_before_the_fit():

@@ -369,7 +369,7 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, photo_folder, resn
                 "9",
                 "--quiet",
             ],
-            "border=9 would leave out every cell",
+            "--border 9 would leave out every cell",
         ),
     ]
     for argv, needle in cases:

@@ -214,7 +214,7 @@ def test_own_module_factory_with_a_pth_state_dict_and_the_small_image_warning(
     assert [line for line in err.splitlines() if line.startswith("warning:")] == [
         "warning: 4 of 4 images are upsampled more than 2x to the model's 96 x 96 input "
         "(median image 32 x 32 px, 3x), so the model sees them blurred and out of scale. If it "
-        "was trained on small images, give their size: input_size=32 (CLI: --input-size 32)."
+        "was trained on small images, give their size: --input-size 32."
     ]
     assert "Model accuracy on these inputs: " in stdout
     # the prefix hint, then the option that strips it
@@ -238,10 +238,7 @@ def test_own_module_factory_with_a_pth_state_dict_and_the_small_image_warning(
         "--quiet",
     ]
     msg = _one_line_error(*_cli(capsys, *args)[::2])
-    assert msg.endswith(
-        "Its keys start with 'model.': strip it with strip_prefix='model.' (CLI: "
-        "--strip-prefix model.)."
-    )
+    assert msg.endswith("Its keys start with 'model.': strip it with --strip-prefix 'model.'.")
     code, _, err = _cli(capsys, *args, "--strip-prefix", "model.")
     assert code == 0, err
 
@@ -394,7 +391,7 @@ def test_every_stage_turns_library_errors_into_one_line(tmp_path, capsys, labell
                 "--layer",
                 "layer1",
             ],
-            "crop_pct must be",
+            "--crop-pct must be",
         ),
         (["run", "--input-size", "32"], "--input-size describes your own model"),
         (["run", "--layer", "layer2", "--layer", "layer3"], "one --layer at a time"),
