@@ -14,9 +14,11 @@ and saves what it got to OUT/rank<RANK>.pt for the test to compare with one proc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from datetime import timedelta
+from unittest import mock
 
 import torch
 import torch.distributed as dist
@@ -73,7 +75,7 @@ def _outcome(fn) -> str:
     try:
         fn()
         return "no error"
-    except (ValueError, FileExistsError, DistributedError) as exc:
+    except (ValueError, OSError, DistributedError) as exc:
         return f"{type(exc).__name__}: {exc}"
 
 
@@ -112,6 +114,20 @@ def scenario_sharded_fit(rank: int, world: int, out: str) -> dict:
             f.write("not a fit")
     dist.barrier()
     res["other"] = _outcome(lambda: save_fit(other, nmf, Z, acts, distributed=True))
+
+    # The disk fills up while the last rank writes its shard, or while rank 0 writes the
+    # manifest (after every shard is in): every rank raises, nothing is left.
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    for key, who, target in (
+        ("shard-fails", world - 1, "concept_probe._io.save_tensors_atomic"),
+        ("manifest-fails", 0, "concept_probe.fit_folder.write_json_atomic"),
+    ):
+        with mock.patch(target, full_disk) if rank == who else contextlib.nullcontext():
+            res[key] = _outcome(
+                lambda key=key: save_fit(os.path.join(out, key), nmf, Z, acts, distributed=True)
+            )
     dist.barrier()
     return res
 

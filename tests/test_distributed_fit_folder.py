@@ -306,11 +306,21 @@ def test_a_save_that_fails_on_one_rank_fails_on_every_rank_and_leaves_nothing(gr
             )
         else:
             assert fit["other"].startswith("DistributedError: save_fit: rank(s) 0 could not")
+        for key, who, what in (
+            ("shard-fails", last, "write its shard"),
+            ("manifest-fails", 0, "write the manifest and swap the folder in"),
+        ):
+            if r == who:
+                assert fit[key] == "OSError: [Errno 28] No space left on device", fit[key]
+            else:
+                assert fit[key].startswith(
+                    f"DistributedError: save_fit: rank(s) {who} could not {what} (see"
+                ), fit[key]
     out = root / f"world{world}"
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith("rank")) == [
         "fit",
         "other",
-    ]  # no 'bad', no 'x', no temporaries
+    ]  # no 'bad', 'x', 'shard-fails' or 'manifest-fails', and no temporaries
     assert [p.name for p in (out / "other").iterdir()] == ["notes.txt"]
 
 
