@@ -29,6 +29,7 @@ _EPILOG = """examples:
       --layer layer3 --concepts 12
   concept-probe run --model path/to/hf-model --texts sentences.txt --layer encoder.layer.3
   concept-probe layers --model resnet18
+  concept-probe layers --model path/to/hf-model         # per-token shapes, for --texts --layer
   concept-probe extract --images photos/ --model resnet18 --checkpoint w.pth --layer layer3 \\
       --out acts.cp
   concept-probe fit acts.cp --concepts 10 --out fit/
@@ -855,7 +856,15 @@ def _cmd_layers(args) -> int:
         return _layers_text(args)
     if args.model:
         args.pretrained = False
-        model = _load_vision(args, warn_random=False)
+        try:
+            model = _load_vision(args, warn_random=False)
+        except ValueError as exc:
+            if "is not a timm model" not in str(exc):
+                raise
+            raise UsageError(
+                f"{exc} For a transformers model named without a '/' (e.g. bert-base-uncased), "
+                f"add --texts FILE."
+            ) from None
         cfg = getattr(model, "pretrained_cfg", None) or {}
         size = args.size or int(cfg.get("input_size", (3, 224, 224))[-1])
     elif args.checkpoint or args.model_kwargs or args.strip_prefix:

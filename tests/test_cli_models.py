@@ -326,6 +326,11 @@ def test_layers_of_a_bad_text_model_is_one_line(tmp_path, capsys):
         (["--model", not_a_model], "has no config.json, so it is not a saved transformers"),
         (["--model", pkg.get_model_path(), "--size", "64"], "--size applies to image models"),
         (["--texts", tmp_path / "t.txt"], "--texts needs --model"),
+        (
+            ["--model", "bert-base-uncased-xyz"],
+            "For a transformers model named without a '/' (e.g. bert-base-uncased), add --texts",
+        ),
+        (["--model", "bert-base-uncased-xyz", "--texts", pkg.get_model_path()], "no such file"),
         (["--model", pkg.get_model_path(), "--texts", tmp_path / "t.txt"], "no such file"),
     ]
     for argv, needle in cases:
