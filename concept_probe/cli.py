@@ -1588,6 +1588,8 @@ _LIBRARY_NAMES = {
     "n_jobs": ("jobs",),
     "max_inputs": ("explain_inputs",),
 }
+#: a keyword's value that a flag sets: (keyword, value) -> dest
+_LIBRARY_VALUES = {("on_error", "skip"): "skip_unreadable"}
 #: keywords too common to rewrite unless the error itself is about them (its ``param``):
 #: ``k`` is write_report's (``--top``) but also names the number of concepts in other messages
 _PARAM_ONLY = {"k": ("top",)}
@@ -1662,10 +1664,14 @@ def _in_flags(text: str, table: dict, param: str | None = None) -> str:
     import re
 
     names = {n: a for n, (a, only) in table.items() if not only or n == param}
+    edge = r"(?<![\w.\-'\"`])"
+    for (name, value), dest in _LIBRARY_VALUES.items():
+        if dest in names:
+            said = rf"{edge}{re.escape(name)}=(['\"]?){re.escape(value)}\1(?![\w\-])"
+            text = re.sub(said, _flag(names[dest]), text)
     for name in sorted(names, key=len, reverse=True):
         action = names[name]
         flag, word = _flag(action), re.escape(name)
-        edge = r"(?<![\w.\-'\"`])"
 
         def typed(m, action=action, flag=flag):
             value = m.group(1)

@@ -54,7 +54,7 @@ def test_library_errors_name_the_flags_on_every_subcommand(saved, tmp_path, caps
         ),
         (
             ["fit", acts, "--concepts", "9999", "--out", tmp_path / "f"],
-            ["--concepts 9999 is larger than", "Use --concepts <= 48"],
+            ["--concepts 9999 is larger than the 48 rows"],
             ["nb_concepts"],
         ),
         (
@@ -164,6 +164,18 @@ def test_the_rewrite_touches_keywords_only():
             "strip_prefix='model.' (CLI: --strip-prefix model.).",
             None,
             "--strip-prefix 'model.'.",
+        ),
+        (
+            run,
+            "Use nb_concepts <= 160, or more rows.",
+            None,
+            "Use --concepts <= 160, or more rows.",
+        ),
+        (
+            run,
+            "pass on_error='skip' (CLI: --skip-unreadable) to",
+            None,
+            "pass --skip-unreadable to",
         ),
         # the error's param is named when its text does not name it
         (
