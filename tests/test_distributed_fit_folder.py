@@ -398,3 +398,28 @@ def test_a_shard_swapped_for_another_ranks_is_refused(copy2):
         r"rows \[0, 130\)",
     ):
         load_fit(copy2)
+
+
+@pytest.mark.parametrize("kind", ["ties", "continuous", "nan", "signed-zeros"])
+def test_top_by_threshold_equals_the_full_stable_sort(kind):
+    # _top sorts only the entries at or above each row's k-th value; it must give exactly the
+    # first k of a stable descending sort, which both the one-process and the merged
+    # distributed rankings promise.
+    from concept_probe.concepts.ranking import _top
+
+    g = torch.Generator().manual_seed(1)
+    for shape in [(7,), (3, 400), (2, 3, 500)]:
+        if kind == "ties":
+            v = torch.randint(0, 3, shape, generator=g).float()
+        elif kind == "signed-zeros":
+            v = torch.where(torch.rand(shape, generator=g) < 0.5, -0.0, 0.0)
+        else:
+            v = torch.rand(shape, generator=g)
+            if kind == "nan":
+                v.view(-1)[::37] = float("nan")
+        for k in (1, 5, 20):
+            k = min(k, shape[-1])
+            want = torch.sort(v, dim=-1, descending=True, stable=True).indices[..., :k]
+            rows, vals = _top(v, k)
+            assert torch.equal(rows, want), (shape, k)
+            assert torch.equal(vals.nan_to_num(-1.0), v.gather(-1, want).nan_to_num(-1.0))

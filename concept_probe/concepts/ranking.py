@@ -106,6 +106,31 @@ class TopSamples:
 
 
 def _top(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest along the last axis, best first, ties to the lower index.
+
+    Exactly the first ``k`` of a stable descending sort (deterministic across runs and
+    devices). When ``k`` is small against the length, only the entries at or above each
+    row's ``k``-th largest value (ties at the threshold included) are sorted, in index
+    order: the same result at a fraction of the cost of sorting every row in full.
+    """
+    n = values.shape[-1]
+    if values.ndim == 0 or k == 0 or 16 * k >= n:
+        return _top_sorted(values, k)
+    flat = values.reshape(-1, n)
+    kth = torch.topk(flat, k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+    if torch.isnan(kth).any():  # NaN ranks first in a sort; leave those rows to it
+        return _top_sorted(values, k)
+    keep = flat >= kth
+    orders = []
+    for row, mask in zip(flat, keep, strict=True):
+        candidates = mask.nonzero().reshape(-1)  # in index order: a stable sort keeps it
+        first = torch.sort(row[candidates], descending=True, stable=True).indices[:k]
+        orders.append(candidates[first])
+    order = torch.stack(orders).reshape(*values.shape[:-1], k)
+    return order, values.gather(-1, order)
+
+
+def _top_sorted(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     # Stable sort so ties keep index order: deterministic rankings across runs and devices.
     order = torch.sort(values, dim=-1, descending=True, stable=True).indices[..., :k]
     return order, values.gather(-1, order)
