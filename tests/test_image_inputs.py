@@ -223,6 +223,9 @@ def test_skip_keeps_provenance_of_the_files_kept(mixed, tmp_path_factory):
         streamed, _ = seen(folder, on_error="skip", out=out / "stream")
     assert streamed.meta["skipped"] == skipped and streamed.sample_ids == acts.sample_ids
     assert Activations.load(out / "stream").meta["skipped"] == skipped
+    with pytest.warns(SkippedInputsWarning):  # the same call again: the finished folder is reused
+        again, _ = seen(folder, on_error="skip", out=out / "stream")
+    assert torch.equal(again.A, streamed.A) and again.meta["skipped"] == skipped
 
 
 def test_skip_with_max_rows_draws_from_the_kept_images_only(mixed):
