@@ -326,7 +326,8 @@ def test_cli_skip_unreadable_list_file_and_one_file(mixed, byo, capsys, tmp_path
     folder, _ = mixed
     out = tmp_path_factory.mktemp("cli")
     code, _, err = _cli(capsys, "extract", "--images", folder, *TINY, "--out", out / "a.cp")
-    assert code == 2 and "b.jpg" in err and "--skip-unreadable" in err
+    assert code == 2 and "b.jpg" in err and "or pass --skip-unreadable to leave" in err
+    assert "on_error" not in err  # the flag, not the library's keyword
     assert len([line for line in err.splitlines() if line.startswith("concept-probe:")]) == 1
     code, _, err = _cli(
         capsys,
@@ -348,6 +349,13 @@ def test_cli_skip_unreadable_list_file_and_one_file(mixed, byo, capsys, tmp_path
     acts = Activations.load(out / "run" / "activations.cp")
     assert acts.n_samples == 4 and len(acts.meta["skipped"]) == 2
     assert "Skipped inputs: 2" in (out / "run" / "report" / "index.html").read_text()
+    (folder / "gone.txt").write_text("cat/a.png\nmissing.png\n")
+    argv = ["extract", "--images", folder / "gone.txt", *TINY, "--skip-unreadable"]
+    code, _, err = _cli(capsys, *argv, "--out", out / "g.cp")
+    assert code == 0, err
+    assert [s["reason"] for s in Activations.load(out / "g.cp").meta["skipped"]] == [
+        "file not found"
+    ]
     (folder / "list.txt").write_text("cat/a.png\ndog/e.png\n")
     code, _, err = _cli(
         capsys, "extract", "--images", folder / "list.txt", *TINY, "--out", out / "l.cp"

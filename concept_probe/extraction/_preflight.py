@@ -87,7 +87,8 @@ def expected_image_rows(
         pre = decide_preprocessing(model, kind, None, None, None, overrides)
         with warnings.catch_warnings():  # the extraction itself says them, once
             warnings.simplefilter("ignore")
-            source, _ = make_source(images, kind, first, pre, model, True)
+            # the files are only counted: the extraction checks (or skips) them itself
+            source, _ = make_source(images, kind, first, pre, model, True, check_files=False)
         if pre.input_size is None or source.n is None:
             return {}  # the size is decided by each image: nothing to probe with
         n, x = int(source.n), torch.zeros(1, *pre.input_size)

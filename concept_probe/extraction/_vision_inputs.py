@@ -831,18 +831,21 @@ def make_source(
     model: nn.Module,
     out_given: bool,
     on_error: str = "raise",
+    check_files: bool = True,
 ) -> tuple[_Source, dict]:
     """Turn the user's ``images`` (``kind`` and ``first`` from :func:`input_kind`) into a source.
 
     Image files are checked up front (:func:`check_image_files`); ``on_error='skip'`` leaves
     out the unreadable ones. Also returns the source's extra metadata: non-image files left
     out of a folder (``skipped_files``) and unreadable files skipped (``skipped``).
+    ``check_files=False`` only lists the files (to count them before the extraction, which
+    checks them itself).
     """
     extra: dict = {}
     if kind == "tensor":
         return _TensorSource(images), extra
     if kind == "files":
-        return _file_source(image_files(images), pre, model, on_error)
+        return _file_source(image_files(images), pre, model, on_error, check_files)
     if on_error != "raise":
         raise ValueError(
             f"on_error={on_error!r} leaves out unreadable image files; these inputs are not "
@@ -898,7 +901,9 @@ def make_source(
     ), extra
 
 
-def _file_source(found: ImageFiles, pre: Preprocessing, model: nn.Module, on_error: str):
+def _file_source(
+    found: ImageFiles, pre: Preprocessing, model: nn.Module, on_error: str, check: bool = True
+):
     """A source over image files: checked up front, unreadable ones skipped or refused."""
     extra: dict = {}
     if not found.paths:
@@ -913,7 +918,10 @@ def _file_source(found: ImageFiles, pre: Preprocessing, model: nn.Module, on_err
             stacklevel=4,
         )
     prep = _pil_prep(_need_transform(pre, model, "image files"))
-    keep, skipped = check_image_files(found.paths, on_error, found.where)
+    if check:
+        keep, skipped = check_image_files(found.paths, on_error, found.where)
+    else:
+        keep, skipped = list(range(len(found.paths))), []
     paths = [found.paths[i] for i in keep]
     # labels follow their files: a class index is the sub-folder's among all listed files
     labels = [found.labels[i] for i in keep] if found.labels is not None else None
@@ -928,7 +936,13 @@ def _file_source(found: ImageFiles, pre: Preprocessing, model: nn.Module, on_err
                 pass
         return str(p)
 
-    fp = _engine.strings_fingerprint([f"{key(p)}:{p.stat().st_size}" for p in paths])
+    def size(p: Path) -> int:
+        try:
+            return p.stat().st_size
+        except OSError:  # unchecked (check=False) and missing: the extraction will say so
+            return -1
+
+    fp = _engine.strings_fingerprint([f"{key(p)}:{size(p)}" for p in paths])
     n = len(paths)
     what = f"{found.where} ({n} images" + (
         f"; {len(skipped)} unreadable, skipped)" if skipped else ")"
