@@ -1587,7 +1587,6 @@ _LIBRARY_NAMES = {
     "l1_penalty": ("l1",),
     "n_jobs": ("jobs",),
     "max_inputs": ("explain_inputs",),
-    "on_error": ("skip_unreadable",),  # on_error='skip' is --skip-unreadable
 }
 #: a keyword's value that a flag sets: (keyword, value) -> dest
 _LIBRARY_VALUES = {("on_error", "skip"): "skip_unreadable"}
