@@ -252,7 +252,7 @@ def test_max_length_flag_warns_on_cut_texts_and_refuses_more_than_the_model_take
     assert code == 0, err
     warned = [line for line in err.splitlines() if line.startswith("warning: ")]
     assert len(warned) == 1, err
-    assert warned[0].startswith("warning: 1 of 4 texts are longer than max_length=128 tokens")
+    assert warned[0].startswith("warning: 1 of 4 texts are longer than --max-length 128 tokens")
     assert "the longest has 152 tokens" in warned[0] and "--max-length 152" in warned[0]
     index = (tmp_path / "o" / "report" / "index.html").read_text()
     assert "Truncated: 1 text longer than max_length 128 tokens was cut there" in index
