@@ -131,11 +131,9 @@ def expected_text_rows(
     Tokenizing is cheap beside the forward passes (a fast tokenizer does about a million
     short texts in seconds); the features come from a forward pass on the first text.
     """
-    from .text import DEFAULT_MAX_LENGTH, extract_text_activations, model_max_length, read_texts
+    from .text import extract_text_activations, read_texts, resolve_max_length
 
-    if max_length is None:  # as extract_text_activations decides it
-        limit = model_max_length(model)
-        max_length = DEFAULT_MAX_LENGTH if limit is None else min(DEFAULT_MAX_LENGTH, limit)
+    max_length = resolve_max_length(model, max_length, tokenizer)  # as the extraction does
     layers = [layer] if isinstance(layer, str) else list(layer)
     items, _, _ = read_texts(texts)
     n_rows = 0

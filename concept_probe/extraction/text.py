@@ -19,7 +19,13 @@ from ..errors import TruncationWarning
 from . import _engine
 from .activations import Activations
 
-__all__ = ["DEFAULT_MAX_LENGTH", "extract_text_activations", "model_max_length", "read_texts"]
+__all__ = [
+    "DEFAULT_MAX_LENGTH",
+    "extract_text_activations",
+    "model_max_length",
+    "read_texts",
+    "resolve_max_length",
+]
 
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -43,6 +49,17 @@ def model_max_length(model: nn.Module) -> int | None:
     if is_int(pad) and pad >= 0 and hasattr(emb, "position_embeddings"):
         n -= int(pad) + 1
     return int(n) if n > 0 else None
+
+
+def resolve_max_length(model: nn.Module, max_length: Any, tokenizer: Any = None) -> int:
+    """The ``max_length`` an extraction uses: the given one checked, or the default.
+
+    The default is :data:`DEFAULT_MAX_LENGTH`, or the model's limit where that is smaller.
+    """
+    if max_length is None:
+        limit = model_max_length(model)
+        return DEFAULT_MAX_LENGTH if limit is None else min(DEFAULT_MAX_LENGTH, limit)
+    return check_max_length(model, max_length, tokenizer=tokenizer)
 
 
 def check_max_length(
@@ -257,11 +274,7 @@ def extract_text_activations(
             f"use_fast=True) (or use load_text_model)."
         )
     batch_size = check_positive_int(batch_size, "batch_size")
-    if max_length is None:
-        limit = model_max_length(model)
-        max_length = DEFAULT_MAX_LENGTH if limit is None else min(DEFAULT_MAX_LENGTH, limit)
-    else:
-        max_length = check_max_length(model, max_length, tokenizer=tokenizer)
+    max_length = resolve_max_length(model, max_length, tokenizer)
     run = _engine.setup(model, layer, device)
     dev = run.device
     items, ids, description = read_texts(texts)
