@@ -89,9 +89,12 @@ def share(sizes: list[int], rank: int) -> slice:
 def fit(case, A, **extra):
     """The fitted estimator of one case."""
     _, cls, kwargs, _, sample = case
-    _init.KMEANS_SAMPLE = sample or 65_536
     est = cls(K, seed=0, tol=0, **kwargs, **extra)
-    est.fit(A, max_iter=ITERS)
+    saved, _init.KMEANS_SAMPLE = _init.KMEANS_SAMPLE, sample or 65_536
+    try:  # the module default is restored, so no later test in this process sees the case's
+        est.fit(A, max_iter=ITERS)
+    finally:
+        _init.KMEANS_SAMPLE = saved
     return est
 
 

@@ -82,9 +82,12 @@ def make_data(kind: str) -> torch.Tensor:
 def fit_case(case, A, **extra):
     """Fit one case; returns what the test compares."""
     _, cls, kwargs, _, sample = case
-    _init.KMEANS_SAMPLE = sample or 65_536
     est = cls(K, seed=0, tol=0, **kwargs, **extra)
-    Z, Dm = est.fit(A, max_iter=ITERS)
+    saved, _init.KMEANS_SAMPLE = _init.KMEANS_SAMPLE, sample or 65_536
+    try:  # the module default is restored, so no later test in this process sees the case's
+        Z, Dm = est.fit(A, max_iter=ITERS)
+    finally:
+        _init.KMEANS_SAMPLE = saved
     return {
         "Z": Z,
         "W": est.W,
