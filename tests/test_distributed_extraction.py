@@ -108,7 +108,7 @@ def test_fit_from_sharded_extraction_equals_one_process(runs, case):
     torch.testing.assert_close(W, ref["W"], rtol=1e-4, atol=1e-5)
     for p in parts:
         torch.testing.assert_close(p["D"], ref["D"], rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(p["loss"], ref["loss"], rtol=1e-5)
+        np.testing.assert_allclose(p["loss"], ref["loss"], rtol=1e-4)  # float32, as Z and W
 
 
 def test_interrupted_sharded_extraction_resumes(runs):
