@@ -389,30 +389,16 @@ def _extract(args, out: Path | None = None, check=None):
         model, tokenizer = load_text_model(args.model)
         if args.max_length is not None:  # refused in flag words before any work
             check_max_length(model, args.max_length, "--max-length", tokenizer)
+        # the pre-flight counts rows with the very settings the extraction then uses
+        what = (model, tokenizer, _layer_arg(args.layer), args.texts)
+        settings = dict(max_length=args.max_length, device=args.device)
         if check is not None:
             from .extraction._preflight import expected_text_rows
 
-            check(
-                expected_text_rows(
-                    model,
-                    tokenizer,
-                    _layer_arg(args.layer),
-                    args.texts,
-                    max_length=args.max_length,
-                    device=args.device,
-                )
-            )
+            check(expected_text_rows(*what, **settings))
         with _warnings_as_notes():
             return extract_text_activations(
-                model,
-                tokenizer,
-                _layer_arg(args.layer),
-                args.texts,
-                batch_size=args.batch_size,
-                max_length=args.max_length,
-                device=args.device,
-                out=out,
-                progress=progress,
+                *what, batch_size=args.batch_size, out=out, progress=progress, **settings
             )
     if args.images is not None:
         if not args.model:
@@ -433,37 +419,30 @@ def _extract(args, out: Path | None = None, check=None):
         model = _load_vision(args)
         preprocessing = _preprocessing(args, model)
         layer = _layer_arg(args.layer) or _default_layer(model)
+        # the pre-flight counts rows with the very settings the extraction then uses
+        settings = dict(
+            mode=args.mode,
+            max_rows=args.max_rows,
+            border=args.border,
+            device=args.device,
+            **preprocessing,
+        )
         if check is not None:
             from .extraction._preflight import expected_image_rows
 
-            check(
-                expected_image_rows(
-                    model,
-                    layer,
-                    args.images,
-                    mode=args.mode,
-                    max_rows=args.max_rows,
-                    border=args.border,
-                    device=args.device,
-                    **preprocessing,
-                )
-            )
+            check(expected_image_rows(model, layer, args.images, **settings))
         with _warnings_as_notes():
             return extract_image_activations(
                 model,
                 layer,
                 args.images,
-                mode=args.mode,
                 batch_size=args.batch_size,
-                device=args.device,
-                max_rows=args.max_rows,
-                border=args.border,
                 seed=args.seed,
                 out=out,
                 progress=progress,
                 predictions=labelled,
                 on_error="skip" if getattr(args, "skip_unreadable", False) else "raise",
-                **preprocessing,
+                **settings,
             )
     if args.model or args.checkpoint or args.pretrained:
         raise UsageError(

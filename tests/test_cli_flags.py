@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _cli_helpers import one_line_error, run_cli
 from PIL import Image
 
 import concept_probe as cp
@@ -19,12 +20,8 @@ TESTS = Path(__file__).resolve().parent
 
 
 def _error(capsys, *argv) -> str:
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("note:")]
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("concept-probe: error: "), err
-    return lines[0][len("concept-probe: error: ") :]
+    code, _, err = run_cli(capsys, *argv)
+    return one_line_error(code, err)
 
 
 @pytest.fixture(scope="module")

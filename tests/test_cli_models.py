@@ -8,29 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from _cli_helpers import one_line_error as _one_line_error
+from _cli_helpers import run_cli as _cli
 from PIL import Image
 
-from concept_probe.cli import EXIT_BUG_LINE, main
+from concept_probe.cli import EXIT_BUG_LINE
 
 timm = pytest.importorskip("timm")
 TESTS = Path(__file__).resolve().parent
 SMALL = ["--concepts", "2", "--max-iter", "15", "--quiet"]
 NARROW = ["channels=[8,16,32,64]", "stem_width=8", "num_classes=2"]
-
-
-def _cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _one_line_error(code, err) -> str:
-    assert code == 2, err
-    assert "Traceback" not in err
-    # 'note:' lines (e.g. random weights) may come first; the error itself is one line
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("note:")]
-    assert len(lines) == 1 and lines[0].startswith("concept-probe: error: "), err
-    return lines[0][len("concept-probe: error: ") :]
 
 
 @pytest.fixture(scope="module")

@@ -9,25 +9,11 @@ import os
 from pathlib import Path
 
 import pytest
+from _cli_helpers import one_line_error as _error
+from _cli_helpers import run_cli as _cli
 from PIL import Image
 
-from concept_probe.cli import main
-
 DEMO_MODEL = ["--model", "concept_probe.zoo:load_demo_model", "--layer", "layer3"]
-
-
-def _cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _error(code, err) -> str:
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("note:")]
-    assert len(lines) == 1 and lines[0].startswith("concept-probe: error: "), err
-    return lines[0][len("concept-probe: error: ") :]
 
 
 @pytest.fixture(scope="module")

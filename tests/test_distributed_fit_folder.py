@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +28,7 @@ from _dist_shard_worker import (
     ranking_data,
 )
 from _dist_worker import make_data
+from test_distributed import _free_port, _wait
 
 from concept_probe import (
     Activations,
@@ -44,12 +44,6 @@ from concept_probe.errors import CorruptFileError, DistributedError, FitMismatch
 
 WORKER = Path(__file__).parent / "_dist_shard_worker.py"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _launch(world: int, out: Path, acts: Path) -> list[subprocess.Popen]:
@@ -82,13 +76,8 @@ def groups(tmp_path_factory):
     launched = {world: _launch(world, root / f"world{world}", root / "acts.cp") for world in (2, 3)}
     results = {}
     for world, procs in launched.items():
-        for p in procs:
-            try:
-                text, _ = p.communicate(timeout=240)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                text, _ = p.communicate()
-            assert p.returncode == 0, text.decode(errors="replace")[-3000:]
+        for code, text in _wait(procs):
+            assert code == 0, text[-3000:]
         results[world] = [torch.load(root / f"world{world}" / f"rank{r}.pt") for r in range(world)]
     return root, results
 

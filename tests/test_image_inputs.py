@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _cli_helpers import run_cli as _cli
 from PIL import Image
 from torch import nn
 
-from concept_probe.cli import main
 from concept_probe.errors import SkippedInputsWarning, UnreadableImageError
 from concept_probe.extraction import Activations, extract_image_activations
 from concept_probe.extraction._vision_inputs import to_rgb
@@ -314,12 +314,6 @@ def byo(monkeypatch):
 
 
 TINY = ["--model", "_byo_model:TinyNet", "--input-size", "8", "--layer", "layer1", "--quiet"]
-
-
-def _cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_cli_skip_unreadable_list_file_and_one_file(mixed, byo, capsys, tmp_path_factory):
