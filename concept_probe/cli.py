@@ -585,7 +585,7 @@ def _folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
 
 
-def _preflight(args, out: Path, *, concepts: int | None, streamed: bool, reuse: Path | None):
+def _preflight(args, out: Path, *, concepts: int | None, streamed: bool, reuse: list[Path] | None):
     """The check ``_extract`` runs before its first forward pass (``--concepts``, disk space).
 
     ``streamed``: the rows go to disk in shards, then are merged into one file (twice the
@@ -615,7 +615,7 @@ def _preflight(args, out: Path, *, concepts: int | None, streamed: bool, reuse: 
         need = sum(e.nbytes for e in expected.values()) * (2 if streamed else 1)
         if concepts is not None:
             need += 8 * n_rows * concepts  # the fit: Z (rows x k) and W (k x rows), float32
-        need -= _folder_bytes(reuse) if reuse is not None else 0
+        need -= sum(_folder_bytes(p) for p in reuse or [])
         free = free_bytes(out)
         if free is not None and need > free:
             e = next(iter(expected.values()))
@@ -639,30 +639,188 @@ def _check_concepts_fit(args, acts) -> None:
         )
 
 
+# ----------------------------------------------------------------------------- resume
+#: key of an extraction's fingerprint -> what the user changed, in flags
+_FINGERPRINT_FLAGS = {
+    "front_end": "the kind of inputs (--images / --texts)",
+    "model": "the model (--model, --checkpoint, --pretrained, --model-kwargs)",
+    "data": "the inputs (files added, removed or changed)",
+    "n_samples": "the number of inputs",
+    "layer": "--layer",
+    "mode": "--mode",
+    "max_rows": "--max-rows",
+    "border": "--border",
+    "seed": "--seed",
+    "transform": "the preprocessing (--input-size, --mean, --std, --interpolation, --crop-pct)",
+    "max_length": "--max-length",
+    "tokenizer": "the tokenizer (--model)",
+    "vocab_size": "the tokenizer (--model)",
+}
+
+
+def _mismatch(exc) -> UsageError:
+    """The API's refusal to resume (ExtractionMismatchError), in the flags that changed."""
+    changed = list(dict.fromkeys(_FINGERPRINT_FLAGS.get(k, k) for k in exc.differs))
+    what, verb = ("a finished", "reuse") if exc.complete else ("an interrupted", "resume")
+    return UsageError(
+        f"{exc.path} holds {what} extraction made with other settings ({'; '.join(changed)} "
+        f"changed), so it cannot be {verb}d. Give the same arguments as then to {verb} it, or "
+        f"a new --out (or delete {exc.path}) to start again."
+    )
+
+
+def _extraction_state(path: Path) -> tuple[str, int, int | None, str | None]:
+    """What the extraction will find at ``path``: its state, inputs done, in all, last kept.
+
+    The state is ``'new'``, ``'partial'`` or ``'complete'``.
+    """
+    from .extraction._storage import MANIFEST, PROGRESS, ShardStore, _read_json
+
+    try:
+        if (path / MANIFEST).is_file():
+            return "complete", 0, None, None
+        if not (path / PROGRESS).is_file():
+            return "new", 0, None, None
+        state = _read_json(path / PROGRESS, path)
+        store = ShardStore(path, state.get("fingerprint"), state.get("n_samples"))
+        store.status()  # keeps the finished shards whose files are intact, as a resume does
+        last = None
+        if store.shards:
+            last = (store.read_shard_strings(store.shards[-1]).get("sample_ids") or [None])[-1]
+        return "partial", store.n_samples_done, state.get("n_samples"), last
+    except (OSError, ValueError):  # a damaged folder: the extraction itself says what is wrong
+        return "new", 0, None, None
+
+
+def _print_resumed(states: dict) -> None:
+    """One line per activations folder the extraction resumed or reused (stderr)."""
+    for path, (state, done, total, last) in states.items():
+        if state == "partial":
+            of = f" of {total}" if total is not None else ""
+            kept = f"; inputs 1-{done} were kept, the last {last!r}" if done else ""
+            print(
+                f"note: resumed the interrupted extraction in {path} from input {done + 1}{of}"
+                f"{kept}.",
+                file=sys.stderr,
+            )
+        elif state == "complete":
+            print(
+                f"note: reused the finished extraction in {path} (same model, inputs and "
+                f"settings); nothing was extracted again.",
+                file=sys.stderr,
+            )
+
+
+def _extract_resumably(args, targets, check):
+    """``_extract`` streaming to ``targets`` (a folder, or {layer: folder}), resumably.
+
+    Says what it resumed, and refuses a folder made with other settings in flags.
+    """
+    from .errors import ExtractionMismatchError
+
+    paths = list(targets.values()) if isinstance(targets, dict) else [targets]
+    states = {p: _extraction_state(p) for p in paths}
+    try:
+        result = _extract(args, out=targets, check=check)
+    except ExtractionMismatchError as exc:
+        raise _mismatch(exc) from None
+    if os.environ.get("RANK", "0") == "0":
+        _print_resumed(states)
+    return result
+
+
+def _refuse_foreign(path: Path) -> None:
+    """The demo replaces its own activations at ``path``, never other ones (hours of work)."""
+    from .extraction._storage import is_activations_dir, read_manifest
+
+    if not (path.is_dir() and is_activations_dir(path)):
+        return
+    try:
+        meta = read_manifest(path).get("meta") or {}
+    except (OSError, ValueError):
+        meta = {}
+    if meta.get("dataset") != "shapes" or meta.get("model") != "concept_probe demo ResNet":
+        raise UsageError(
+            f"{path} holds activations that are not the built-in demo's (model "
+            f"{meta.get('model', 'unknown')!r}); the demo would replace them. Give the "
+            f"--model and --images/--texts they were extracted with to resume or reuse them, "
+            f"or a new --out for the demo."
+        )
+
+
+def _reusable_fit(folder: Path, acts, nmf):
+    """The fit saved in ``folder`` when it was made on ``acts`` with ``nmf``'s settings."""
+    from .errors import ConceptProbeError
+    from .fit_folder import MANIFEST, load_fit
+
+    if not (folder / MANIFEST).is_file():
+        return None
+    try:
+        saved, Z = load_fit(folder, acts)
+    except (ConceptProbeError, OSError, ValueError):  # other activations, damaged: fit again
+        return None
+
+    def settings(est):
+        return {k: v for k, v in est._config().items() if k != "verbose"}
+
+    same = type(saved) is type(nmf) and settings(saved) == settings(nmf)
+    return (saved, Z) if same else None
+
+
 def _cmd_run(args) -> int:
     t0 = time.perf_counter()
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder.")
     _estimator(args)  # checks the fit arguments before anything is extracted
-    check = _preflight(args, out, concepts=args.concepts, streamed=False, reuse=None)
-    per_layer = _by_layer(_extract(args, check=check))
+    if args.images is not None or args.texts is not None:
+        # streamed into the run folder, resumably: a re-run resumes an interrupted
+        # extraction, reuses a finished one, and refuses one made with other settings
+        layers = args.layer or []
+        targets = (
+            {name: out / _safe_dirname(name) / "activations.cp" for name in layers}
+            if len(layers) > 1
+            else out / "activations.cp"
+        )
+        paths = list(targets.values()) if isinstance(targets, dict) else [targets]
+        check = _preflight(args, out, concepts=args.concepts, streamed=True, reuse=paths)
+        per_layer = _by_layer(_extract_resumably(args, targets, check))
+        saved = True
+    else:  # the demo: generated in memory in seconds, then saved
+        for name in args.layer or [""]:
+            sub = out if len(args.layer or []) <= 1 else out / _safe_dirname(name)
+            _refuse_foreign(sub / "activations.cp")
+        check = _preflight(args, out, concepts=args.concepts, streamed=False, reuse=None)
+        per_layer = _by_layer(_extract(args, check=check))
+        saved = False
     for layer, acts in per_layer.items():
         # one layer: out/ holds its files; several: one sub-folder (and report) per layer
         folder = out if len(per_layer) == 1 else out / _safe_dirname(layer)
         if len(per_layer) > 1:
             print(f"Layer {layer}:")
-        _run_one(args, acts, folder, t0)
+        _run_one(args, acts, folder, t0, saved)
     return 0
 
 
-def _run_one(args, acts, out: Path, t0: float) -> None:
+def _run_one(args, acts, out: Path, t0: float, saved: bool = False) -> None:
     from .visualization import write_report
 
-    nmf, Z = _fit(args, acts, _estimator(args))
+    nmf = _estimator(args)
+    reused = _reusable_fit(out / "fit", acts, nmf)
+    if reused is not None:
+        nmf, Z = reused
+        print(
+            f"note: reused the fit in {out / 'fit'} (made on these activations with the same "
+            f"fit settings); the report is written again.",
+            file=sys.stderr,
+        )
+    else:
+        nmf, Z = _fit(args, acts, nmf)
     out.mkdir(parents=True, exist_ok=True)
-    acts.save(out / "activations.cp")
-    _save_fit(nmf, Z, acts, out / "fit")
+    if not saved:
+        acts.save(out / "activations.cp")
+    if reused is None:
+        _save_fit(nmf, Z, acts, out / "fit")
     explanation = _explanation(args, acts, nmf, Z)
     report = write_report(nmf, acts, Z, out / "report", explanation=explanation)
     _print_done(acts, nmf, t0)
@@ -702,19 +860,20 @@ def _print_accuracy(acts) -> None:
 
 
 def _cmd_extract(args) -> int:
-    from .extraction._storage import MANIFEST, PROGRESS
-
     out: Path = args.out
-    if (out / PROGRESS).is_file():
-        print(f"note: resuming the interrupted extraction in {out}.", file=sys.stderr)
-    elif (out / MANIFEST).is_file() and (args.images is not None or args.texts is not None):
-        print(
-            f"note: {out} already holds activations; they are reused if they were extracted "
-            f"with the same settings.",
-            file=sys.stderr,
-        )
     streamed = args.images is not None or args.texts is not None
-    check = _preflight(args, out, concepts=None, streamed=streamed, reuse=out)
+    if streamed:
+        check = _preflight(args, out, concepts=None, streamed=True, reuse=[out])
+
+        def extract():
+            return _extract_resumably(args, out, check)
+    else:  # the demo: generated in memory in seconds, then saved
+        _refuse_foreign(out)
+        check = _preflight(args, out, concepts=None, streamed=False, reuse=None)
+
+        def extract():
+            return _extract(args, out=out, check=check)
+
     if _torchrun_world() > 1:
         # torchrun: every rank extracts its share of the inputs, then the shares are merged
         # into one activations folder (concept_probe/extraction/_sharded.py).
@@ -725,13 +884,13 @@ def _cmd_extract(args) -> int:
         seconds = float(os.environ.get("CONCEPT_PROBE_DIST_TIMEOUT", "600"))
         dist.init_process_group("gloo", timeout=timedelta(seconds=seconds))
         try:
-            per_layer = _by_layer(_extract(args, out=out, check=check))
+            per_layer = _by_layer(extract())
             if dist.get_rank() != 0:
                 return 0
         finally:
             dist.destroy_process_group()
     else:
-        per_layer = _by_layer(_extract(args, out=out, check=check))
+        per_layer = _by_layer(extract())
     for layer, acts in per_layer.items():
         # several layers: --out is a folder with one activations folder per layer
         where = out if len(per_layer) == 1 else out / _safe_dirname(layer)

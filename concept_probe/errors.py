@@ -13,6 +13,7 @@ __all__ = [
     "ConvergenceWarning",
     "CorruptFileError",
     "DistributedError",
+    "ExtractionMismatchError",
     "FitMismatchError",
     "FolderBusyError",
     "ForwardPassError",
@@ -63,6 +64,25 @@ class LayerNotFoundError(ConceptProbeError, ValueError):
 
 class CorruptFileError(ConceptProbeError, ValueError):
     """A file on disk is truncated, half-written or not in the expected format."""
+
+
+class ExtractionMismatchError(ConceptProbeError, ValueError):
+    """An ``out=`` folder holds an extraction made with other settings: not resumed, not reused.
+
+    Attributes
+    ----------
+    path : str
+        The folder.
+    differs : list of str
+        The settings that differ (keys of the extraction's fingerprint: ``model``, ``layer``,
+        ``data``, ``n_samples``, ``mode``, ...).
+    complete : bool
+        Whether the folder holds a finished extraction (else an interrupted one).
+    """
+
+    def __init__(self, message: str, path: str = "", differs=(), complete: bool = False):
+        super().__init__(message)
+        self.path, self.differs, self.complete = path, list(differs), complete
 
 
 class UnreadableImageError(ConceptProbeError, ValueError):

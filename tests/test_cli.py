@@ -475,7 +475,7 @@ def test_extract_streams_to_out_and_resumes_an_interrupted_run(
     stop_at[0] = -1
     code, stdout, err = _cli(capsys, *argv, "--out", out)
     assert code == 0, err
-    assert "resuming the interrupted extraction" in err
+    assert "resumed the interrupted extraction" in err
     assert len(calls) == 3  # texts 0 and 1 were kept; the probe, then only 2 and 3 ran again
     acts = Activations.load(out)
     assert torch.equal(acts.A, whole.A) and acts.tokens == whole.tokens

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -314,14 +314,37 @@ class Plan:
     batch_size: int | None = None
 
 
-def run(plan: Plan, out: str | Path | None, single: bool) -> Activations | dict[str, Activations]:
-    """Run the extraction described by ``plan``; stream to ``out`` when it is given."""
+def layer_paths(out: str | Path | Mapping, layers: list[str], single: bool) -> dict[str, Path]:
+    """Where each layer's folder goes.
+
+    ``out`` itself (one layer), ``out/<layer>`` (several), or the folder a ``{layer: folder}``
+    mapping names (how ``concept-probe run`` puts each layer's activations in its own run
+    folder).
+    """
+    if isinstance(out, Mapping):
+        missing = [n for n in layers if n not in out]
+        if missing:
+            raise ValueError(f"out= names no folder for layer(s) {', '.join(missing)}.")
+        return {n: Path(out[n]) for n in layers}
+    out = Path(out)
+    return {n: out if single else out / safe_dirname(n) for n in layers}
+
+
+def run(
+    plan: Plan, out: str | Path | Mapping | None, single: bool
+) -> Activations | dict[str, Activations]:
+    """Run the extraction described by ``plan``; stream to ``out`` when it is given.
+
+    ``out`` is a folder, or a mapping ``{layer: folder}`` (one process only).
+    """
     if out is None:
         result = _run_memory(plan)
     elif (comm := _sharded.extraction_comm()) is not None:
+        if isinstance(out, Mapping):
+            raise ValueError("a sharded extraction takes one out= folder, not one per layer.")
         result = _sharded.run_disk(plan, Path(out), single, comm)
     else:
-        result = _run_disk(plan, Path(out), single)
+        result = _run_disk(plan, layer_paths(out, plan.layers, single))
     return result[plan.layers[0]] if single else result
 
 
@@ -449,8 +472,7 @@ def _build(plan: Plan, layer: str, A, arrays: dict, strings: dict, info: dict) -
     )
 
 
-def _run_disk(plan: Plan, out: Path, single: bool) -> dict[str, Activations]:
-    paths = {name: out if single else out / safe_dirname(name) for name in plan.layers}
+def _run_disk(plan: Plan, paths: dict[str, Path]) -> dict[str, Activations]:
     stores = {
         name: _storage.ShardStore(paths[name], dict(plan.fingerprint, layer=name), plan.n_samples)
         for name in plan.layers

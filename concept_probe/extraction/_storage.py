@@ -54,7 +54,7 @@ from .._io import (
     write_bytes_atomic,
 )
 from .._io import write_json_atomic as atomic_write_json
-from ..errors import CorruptFileError
+from ..errors import CorruptFileError, ExtractionMismatchError
 
 FORMAT = "concept_probe.activations"
 VERSION = 1
@@ -360,8 +360,10 @@ class ShardStore:
 
         Raises
         ------
-        ValueError
-            If the directory holds an extraction with different settings or unrelated files.
+        ExtractionMismatchError
+            If the directory holds an extraction with different settings.
+        FileExistsError
+            If it holds unrelated files.
         """
         p = self.path
         if not p.exists():
@@ -403,11 +405,14 @@ class ShardStore:
             k for k in set(found) | set(self.fingerprint) if found.get(k) != self.fingerprint.get(k)
         )
         what = "a finished" if complete else "an interrupted"
-        raise ValueError(
+        raise ExtractionMismatchError(
             f"out={str(self.path)!r} holds {what} extraction made with different settings "
             f"(differs in: {', '.join(diff)}), so it cannot be "
             f"{'reused' if complete else 'resumed'}. Use another out= folder, or delete this one "
-            f"to start again."
+            f"to start again.",
+            path=str(self.path),
+            differs=diff,
+            complete=complete,
         )
 
     # -- writing
