@@ -822,7 +822,9 @@ def _run_one(args, acts, out: Path, t0: float, saved: bool = False) -> None:
     if reused is None:
         _save_fit(nmf, Z, acts, out / "fit")
     explanation = _explanation(args, acts, nmf, Z)
-    report = write_report(nmf, acts, Z, out / "report", explanation=explanation)
+    report = write_report(
+        nmf, acts, Z, out / "report", explanation=explanation, progress=not args.quiet
+    )
     _print_done(acts, nmf, t0)
     _print_accuracy(acts)
     _print_explanation(explanation)
@@ -981,7 +983,9 @@ def _cmd_report(args) -> int:
     nmf, Z = _load_fit(args.fit, acts)
     evaluation = _load_evaluation(args.evaluation)
     with _warnings_as_notes():
-        report = write_report(nmf, acts, Z, args.out, k=args.top, evaluation=evaluation)
+        report = write_report(
+            nmf, acts, Z, args.out, k=args.top, evaluation=evaluation, progress=not args.quiet
+        )
     print(f"Report: {(report / 'index.html').resolve()}")
     return 0
 
@@ -1422,7 +1426,9 @@ def _cmd_explain(args) -> int:
     args.no_explain = False
     explanation = _explanation(args, acts, nmf, Z)
     with _warnings_as_notes():
-        report = write_report(nmf, acts, Z, args.out, k=args.top, explanation=explanation)
+        report = write_report(
+            nmf, acts, Z, args.out, k=args.top, explanation=explanation, progress=not args.quiet
+        )
     _print_explanation(explanation)
     print(f"Report: {(report / 'index.html').resolve()}")
     return 0
@@ -1510,6 +1516,7 @@ def _add_evaluate_stage(sub) -> None:
         help="score against the activations' known factors (the demo's): --truth factors",
     )
     ev.add_argument("--seed", type=int, default=0, help="seed of everything (default: 0)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.add_argument(
         "--out", type=Path, default=Path("eval"), help="output folder (default: %(default)s)"
     )
@@ -1597,6 +1604,7 @@ def _cmd_evaluate(args) -> int:
         warm_start=args.warm_start,
         convex_kwargs={"solver": args.solver},
         n_jobs=args.jobs,
+        progress=not args.quiet,
     )
     _write_evaluation(ev, args.out)
     print(ev)

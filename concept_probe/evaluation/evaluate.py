@@ -348,12 +348,13 @@ def _encode(out, A):
         return out.encode(A)
 
 
-def _one_method(method, k, A, split, cfg, chance, truth, prev, centres, pool=None):
+def _one_method(method, k, A, split, cfg, chance, truth, prev, centres, pool=None, bar=None):
     """Every fit of one method at one k, and its row of the table.
 
     With a ``pool`` (``n_jobs > 1``) every run but the reported one (seed run 0, which
     encodes the held-out rows, so it runs here) goes to a worker process; each run is
-    seeded on its own, so the results are those of the sequential loop.
+    seeded on its own, so the results are those of the sequential loop. ``bar`` (tqdm)
+    advances by one per finished fit.
     """
     held, trains = split["held"], split["trains"]
     S, F = cfg["seeds"], cfg["folds"]
@@ -377,6 +378,8 @@ def _one_method(method, k, A, split, cfg, chance, truth, prev, centres, pool=Non
         _, rows, sd, start = job
         return (method, A[rows], k, sd, cfg["max_iter"], start, cfg["convex_kwargs"])
 
+    if bar is not None:
+        bar.set_postfix_str(f"{method} k={k}", refresh=False)
     futures = {}
     if pool is not None:
         for job in jobs[1:]:
@@ -396,8 +399,12 @@ def _one_method(method, k, A, split, cfg, chance, truth, prev, centres, pool=Non
             convex_kwargs=a[6],
             device=cfg["device"],
         )
+        if bar is not None:
+            bar.update()
     for chain, fut in futures.items():
         done[chain] = fut.result()
+        if bar is not None:
+            bar.update()
     fits = [done[job[0]] for job in jobs]
     chains = {c: o for c, o in done.items() if c[0] != "shared"}
     seed_runs = [done[("seed", s)] for s in range(S)]
@@ -519,6 +526,7 @@ def evaluate(
     baseline_draws: int = 8,
     device: str | torch.device = "cpu",
     n_jobs: int = 1,
+    progress: bool = True,
 ) -> Evaluation:
     """Reconstruction, sparsity and stability of concept fits, beside baselines and chance.
 
@@ -575,6 +583,9 @@ def evaluate(
         Every run has its own seed, so the results equal ``n_jobs=1``'s; each worker gets a
         copy of its rows, so memory grows with ``n_jobs``.
         Where concept_probe's estimators run.
+    progress : bool, default=True
+        Show a progress bar (tqdm, on stderr) over the fits: ``seeds + folds - 1`` per
+        method and k, plus ``folds`` for the shared-init control (PCA has none).
 
     Returns
     -------
@@ -642,6 +653,52 @@ def evaluate(
         "baseline_draws": baseline_draws,
     }
     n_jobs = check_positive_int(n_jobs, "n_jobs")
+    with _progress_bar(progress, _n_fits(ks, methods, seeds, folds, shared_init)) as bar:
+        return _evaluate(
+            A,
+            ks,
+            methods,
+            split,
+            cfg,
+            truth_t,
+            seed,
+            baseline_draws,
+            shared_init,
+            stability_threshold,
+            min_excess,
+            n_jobs,
+            bar,
+        )
+
+
+def _n_fits(ks, methods, seeds: int, folds: int, shared_init: bool) -> int:
+    """How many fits :func:`evaluate` runs (the jobs of :func:`_one_method`, every k)."""
+    per = [seeds + folds - 1 + (folds if shared_init and m != "pca" else 0) for m in methods]
+    return len(ks) * sum(per)
+
+
+def _progress_bar(progress: bool, total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="evaluate", unit="fit", disable=not progress, leave=False)
+
+
+def _evaluate(
+    A,
+    ks,
+    methods,
+    split,
+    cfg,
+    truth_t,
+    seed,
+    baseline_draws,
+    shared_init,
+    stability_threshold,
+    min_excess,
+    n_jobs,
+    bar,
+) -> Evaluation:
+    """The sweep of :func:`evaluate`, in this process or with ``n_jobs - 1`` workers."""
     if n_jobs == 1:
         return _run_sweep(
             A,
@@ -656,6 +713,7 @@ def evaluate(
             stability_threshold,
             min_excess,
             None,
+            bar,
         )
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -676,6 +734,7 @@ def evaluate(
             stability_threshold,
             min_excess,
             pool,
+            bar,
         )
 
 
@@ -692,6 +751,7 @@ def _run_sweep(
     stability_threshold,
     min_excess,
     pool,
+    bar=None,
 ) -> Evaluation:
     """The loop over k and methods of :func:`evaluate` (``pool``: workers, or None)."""
     d = A.shape[1]
@@ -710,7 +770,7 @@ def _run_sweep(
             _, centres = kmeans(GramFreeData(A, 4096), kk, generator=gen)
         for mth in methods:
             row, detail, chains = _one_method(
-                mth, kk, A, split, cfg, chance, truth_t, prev[mth], centres, pool
+                mth, kk, A, split, cfg, chance, truth_t, prev[mth], centres, pool, bar
             )
             prev[mth] = chains
             rows.append(row)

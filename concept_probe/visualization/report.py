@@ -228,6 +228,7 @@ def write_report(
     label_names: Sequence[str] | None = None,
     sections: Sequence[Callable[[ReportContext], ReportSection | None]] = (),
     evaluation=None,
+    progress: bool = True,
 ) -> Path:
     """Write a browsable report of a fit: ``index.html``, the PNGs it shows, ``summary.json``.
 
@@ -282,6 +283,9 @@ def write_report(
         same activations: adds the section "How stable are these concepts?" (its own module,
         ``_stability_section``), a stability column in the concept index and
         ``summary.json``'s ``evaluation`` entry.
+    progress : bool, default=True
+        Show a progress bar (tqdm, on stderr) over the concepts while their figures are
+        drawn: a report of many concepts takes seconds to minutes.
 
     Returns
     -------
@@ -315,9 +319,19 @@ def write_report(
         from ._stability_section import stability_section
 
         sections = [*sections, stability_section(evaluation)]
-    with atomic_directory(out) as tmp:
-        _build(tmp, nmf, acts, Z, W, D, k, reduce, title, explanation, tables, sections)
+    with atomic_directory(out) as tmp, _progress_bar(progress, W.shape[0]) as bar:
+        _build(tmp, nmf, acts, Z, W, D, k, reduce, title, explanation, tables, sections, bar)
     return out
+
+
+def _progress_bar(progress: bool, total: int):
+    """The report's bar: one step per concept (its figures take most of the time).
+
+    It shows 0/k while the statistics, the extra sections and the overview are computed.
+    """
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="report", unit="concept", disable=not progress, leave=False)
 
 
 def _tables(Z, acts, labels, label_names) -> dict:
@@ -419,6 +433,7 @@ def _build(
     explanation,
     tables: dict,
     sections: Sequence,
+    bar,
 ) -> None:
     from .figures import (
         plot_activation_spectrum,
@@ -732,6 +747,7 @@ def _build(
             if c in sec.concept_html:
                 parts.append(sec.concept_html[c])
         parts.append("<p class='meta'><a href='#concepts'>back to the index</a></p>")
+        bar.update()
     extra_summary = {}
     for sec in extras:
         parts += [f"<h2 id='{_anchor(sec.anchor)}'>{html.escape(sec.title)}</h2>", sec.html]
