@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _cli_helpers import one_line_error as _error
+from _cli_helpers import run_cli as _cli
 from PIL import Image
 
 from concept_probe import Activations
-from concept_probe.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL = ["--model", "concept_probe.zoo:load_demo_model", "--layer", "layer3"]
@@ -38,19 +39,6 @@ engine._forward = slow
 from concept_probe.cli import main
 sys.exit(main(sys.argv[1:]))
 """
-
-
-def _cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _error(code, err) -> str:
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("note:")]
-    assert len(lines) == 1 and lines[0].startswith("concept-probe: error: "), err
-    return lines[0][len("concept-probe: error: ") :]
 
 
 @pytest.fixture(scope="module")
