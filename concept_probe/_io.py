@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -24,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .errors import CorruptFileError, FolderBusyError
@@ -39,6 +41,7 @@ __all__ = [
     "folder_lock",
     "free_bytes",
     "fsync_dir",
+    "json_ready",
     "load_tensors",
     "nearest_existing",
     "remove_stale_temporaries",
@@ -353,6 +356,23 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_file(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
     return path
+
+
+def json_ready(obj: Any) -> Any:
+    """``obj`` with plain JSON values only (for ``json.dumps(..., allow_nan=False)``).
+
+    Non-finite floats become None, keys strings, tuples lists; numpy scalars, numpy arrays
+    and tensors become Python numbers and lists.
+    """
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, (torch.Tensor, np.ndarray, np.generic)):
+        return json_ready(obj.tolist())
+    return obj
 
 
 def write_json_atomic(

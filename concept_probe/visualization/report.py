@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .._checks import check_positive_int
-from .._io import atomic_directory
+from .._io import atomic_directory, json_ready
 from ..concepts import (
     TRACK_MIN_LIFT,
     activation_spectrum,
@@ -87,18 +87,6 @@ def _fmt(x, digits: int = 3) -> str:
     if isinstance(x, float):
         return "nan" if math.isnan(x) else f"{x:.{digits}g}"
     return html.escape(str(x))
-
-
-def _json_safe(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return _json_safe(obj.tolist())
-    return obj
 
 
 def _save_png(fig, path: Path) -> None:
@@ -774,7 +762,7 @@ def _build(
         **extra_summary,
     }
     (tmp / "summary.json").write_text(
-        json.dumps(_json_safe(summary), indent=2, allow_nan=False), encoding="utf-8"
+        json.dumps(json_ready(summary), indent=2, allow_nan=False), encoding="utf-8"
     )
 
 
