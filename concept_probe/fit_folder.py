@@ -46,6 +46,19 @@ from typing import Any
 
 import torch
 
+from ._fit_shards import (
+    _SHARD,
+    _SHARD_KEY,
+    MANIFEST,
+    _agree,
+    _check_present,
+    _check_shards,
+    _digest_hex,
+    _digest_ints,
+    _fingerprint_sum,
+    _read_shards,
+    _wanted_rows,
+)
 from ._io import (
     atomic_directory,
     check_format,
@@ -55,7 +68,7 @@ from ._io import (
     sha256_file,
     write_json_atomic,
 )
-from .errors import CorruptFileError, DistributedError, FitMismatchError
+from .errors import CorruptFileError, FitMismatchError
 
 __all__ = ["SavedFit", "activations_fingerprint", "load_fit", "save_fit", "verify"]
 
@@ -63,13 +76,8 @@ FORMAT = "concept_probe.fit"
 #: the newest manifest version read (2: sharded); one-process fits are still written as 1
 VERSION = 2
 _VERSION_SINGLE = 1
-MANIFEST = "manifest.json"
 _ESTIMATOR = "concepts.safetensors"
 _CODES = "codes.safetensors"
-#: one file per rank of a sharded fit: its rows of Z and columns of W
-_SHARD = "shard-{rank:05d}-of-{world:05d}.safetensors"
-#: safetensors metadata key of a shard's own description (rank, world, rows)
-_SHARD_KEY = "concept_probe.shard"
 # Relative tolerance of the sum of A in the fingerprint (float32 sums differ a little by order).
 _SUM_RTOL = 1e-6
 
@@ -280,43 +288,6 @@ def _check_whole(estimator) -> None:
         )
 
 
-def _digest_ints(hexdigest: str) -> list[int]:
-    """A SHA-256 hex digest as eight 32-bit integers (travels in an int64 gather)."""
-    return [int(hexdigest[i : i + 8], 16) for i in range(0, 64, 8)]
-
-
-def _digest_hex(ints) -> str:
-    return "".join(f"{int(v):08x}" for v in ints)
-
-
-def _agree(comm, error: BaseException | None, payload: list[int], folder: Path, what: str):
-    """Every rank's ``(ok, *payload)``; when a rank failed, every rank raises."""
-    table = comm.gather_ints([int(error is None), *payload], what=f"save_fit: {what}")
-    failed = [r for r in range(comm.world) if not int(table[r, 0])]
-    if failed:
-        if error is not None:
-            raise error
-        raise DistributedError(
-            f"save_fit: rank(s) {', '.join(map(str, failed))} could not {what} (see the error "
-            f"on those ranks); rank {comm.rank} stops too and nothing was written to {folder}."
-        )
-    return table
-
-
-def _fingerprint_sum(acts, n_local: int, offset: int, n_total: int) -> float:
-    """The rank's part of ``sum_A``: its own rows, from its rows or the whole activations."""
-    if acts.n_rows == n_local:
-        A = acts.A
-    elif acts.n_rows == n_total:
-        A = acts.A[offset : offset + n_local]
-    else:
-        raise ValueError(
-            f"acts have {acts.n_rows} rows but this rank holds {n_local} rows of a fit on "
-            f"{n_total}: pass this rank's activations or the whole activations it was fitted on."
-        )
-    return float(A.sum(dtype=torch.float64)) if n_local else 0.0
-
-
 def _save_sharded(folder: Path, estimator, Z, acts, comm) -> Path:
     """:func:`save_fit` of a data-parallel fit: one shard per rank, manifest last (rank 0).
 
@@ -466,71 +437,6 @@ def _read_manifest(folder: Path) -> dict:
     return man
 
 
-def _check_shards(folder: Path, man: dict) -> list[dict]:
-    """The manifest's shards, in row order; refuse malformed, missing, overlapping, gapped."""
-    file = folder / MANIFEST
-    shards, n, world = man.get("shards"), man.get("n_rows"), man.get("world")
-    if not isinstance(shards, list) or not isinstance(n, int) or n < 0:
-        raise CorruptFileError(
-            f"{file} is corrupt: it does not list its shards and their total row count."
-        )
-    parsed = []
-    for i, entry in enumerate(shards):
-        name = entry.get("file") if isinstance(entry, dict) else None
-        rows = entry.get("rows") if isinstance(entry, dict) else None
-        if (
-            not isinstance(name, str)
-            or name in ("", ".", "..")
-            or Path(name).name != name
-            or not isinstance(rows, list)
-            or len(rows) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in rows)
-            or not 0 <= rows[0] <= rows[1] <= n
-        ):
-            raise CorruptFileError(
-                f"{file} is corrupt: shard entry {i} ({entry!r}) is not a file name in the "
-                f"folder with rows [start, stop) within the fit's {n} rows. Save the fit again."
-            )
-        parsed.append(dict(entry))
-    names = [e["file"] for e in parsed]
-    for name in names:
-        if names.count(name) > 1:
-            raise CorruptFileError(f"{file} is corrupt: it lists the shard {name} twice.")
-    unlisted = ""
-    if isinstance(world, int) and not isinstance(world, bool):
-        missing = sorted(set(range(world)) - {e.get("rank") for e in parsed})
-        if missing:
-            unlisted = "; not listed: " + ", ".join(
-                f"{_SHARD.format(rank=r, world=world)} (rank {r})" for r in missing
-            )
-    ordered = sorted(parsed, key=lambda e: (e["rows"][0], e["rows"][1]))
-    covered, last = 0, None
-    for e in ordered:
-        a, b = e["rows"]
-        if a == b:  # an empty rank: no rows to place
-            continue
-        if a > covered:
-            after = f"after {last['file']}" if last else "before"
-            raise CorruptFileError(
-                f"{folder} is incomplete: rows [{covered}, {a}) of the fit are in no shard (a "
-                f"shard is missing {after} {e['file']}{unlisted}). Save the fit again."
-            )
-        if a < covered:
-            raise CorruptFileError(
-                f"{folder} is corrupt: shards {last['file']} and {e['file']} overlap on rows "
-                f"[{a}, {min(covered, b)}); each row must be in exactly one shard. Save the "
-                f"fit again."
-            )
-        covered, last = b, e
-    if covered != n:
-        after = f"after {last['file']}" if last else "at all"
-        raise CorruptFileError(
-            f"{folder} is incomplete: rows [{covered}, {n}) of the fit are in no shard (a "
-            f"shard is missing {after}{unlisted}). Save the fit again."
-        )
-    return ordered
-
-
 def _verify_checksums(folder: Path, man: dict, only: set[str] | None = None) -> None:
     sums = man.get("checksums") or {}
     if not isinstance(sums, dict):
@@ -547,84 +453,6 @@ def _verify_checksums(folder: Path, man: dict, only: set[str] | None = None) -> 
                 f"{folder / MANIFEST} (damaged on disk or modified after it was written). "
                 f"Fit again."
             )
-
-
-def _read_shards(
-    folder: Path, shards: list[dict], start: int, stop: int, k: int, keep: bool = True
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Rows ``[start, stop)`` of Z and columns of W from the shards that hold them.
-
-    Each shard is checked (present, its own header's rows, shapes) and sliced to the range;
-    with ``keep=False`` nothing is kept (``verify``: one shard in memory at a time).
-    """
-    Zs, Ws = [], []
-    for e in shards:
-        a, b = e["rows"]
-        if keep and (a == b or b <= start or a >= stop):
-            continue
-        path = folder / e["file"]
-        tensors, meta = load_tensors(path)
-        try:
-            own = json.loads(meta.get(_SHARD_KEY, "null"))
-        except json.JSONDecodeError:
-            own = None
-        if not isinstance(own, dict) or own.get("rows") != [a, b]:
-            held = own.get("rows") if isinstance(own, dict) else None
-            raise CorruptFileError(
-                f"{path} is corrupt: it holds rows {held} but {folder / MANIFEST} lists it for "
-                f"rows [{a}, {b}). Save the fit again."
-            )
-        Z, W = tensors.get("Z"), tensors.get("W")
-        if Z is None or W is None or tuple(Z.shape) != (b - a, k) or tuple(W.shape) != (k, b - a):
-            shapes = {key: tuple(t.shape) for key, t in tensors.items()}
-            raise CorruptFileError(
-                f"{path} is corrupt: a shard of rows [{a}, {b}) must hold Z ({b - a}, {k}) and "
-                f"W ({k}, {b - a}); it holds {shapes}. Save the fit again."
-            )
-        if keep:
-            lo, hi = max(a, start) - a, min(b, stop) - a
-            Zs.append(Z[lo:hi])
-            Ws.append(W[:, lo:hi])
-    return Zs, Ws
-
-
-def _check_present(folder: Path, shards: list[dict]) -> None:
-    for e in shards:
-        if not (folder / e["file"]).is_file():
-            a, b = e["rows"]
-            raise CorruptFileError(
-                f"{folder} is incomplete: its shard {e['file']} (rank {e.get('rank', '?')}, "
-                f"rows [{a}, {b})) is missing, though its manifest lists it. Save the fit again."
-            )
-
-
-def _wanted_rows(folder: Path, n: int, shards: list[dict], rank, rows) -> tuple[int, int]:
-    """The global rows ``load_fit`` returns: all, one rank's, or a given range."""
-    if rank is not None and rows is not None:
-        raise ValueError("give load_fit rank= or rows=, not both.")
-    if rank is not None:
-        ranks = sorted(e.get("rank", i) for i, e in enumerate(shards))
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank not in ranks:
-            raise ValueError(
-                f"rank must be one of the fit's ranks 0..{len(shards) - 1} ({folder} holds "
-                f"{len(shards)} shard(s)); got {rank!r}."
-            )
-        entry = next(e for i, e in enumerate(shards) if e.get("rank", i) == rank)
-        return tuple(entry["rows"])
-    if rows is not None:
-        ok = (
-            isinstance(rows, (tuple, list))
-            and len(rows) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in rows)
-            and 0 <= rows[0] <= rows[1] <= n
-        )
-        if not ok:
-            raise ValueError(
-                f"rows must be (start, stop) with 0 <= start <= stop <= {n} (the fit's rows); "
-                f"got {rows!r}."
-            )
-        return int(rows[0]), int(rows[1])
-    return 0, n
 
 
 def verify(path: str | os.PathLike) -> Path:
