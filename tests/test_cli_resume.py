@@ -181,3 +181,69 @@ def test_run_resumes_its_extraction_and_reuses_a_matching_fit(
     assert _reusable_fit(fit, acts, ConvexNMF(2, **{**same, "seed": 1})) is None
     other = Activations.load(out / "layer2" / "activations.cp")
     assert _reusable_fit(fit, other, ConvexNMF(2, **same)) is None
+
+
+@pytest.fixture(scope="module")
+def labelled_folder(tmp_path_factory):
+    """12 shapes in two class folders, at sizes whose medians differ between parts of the run,
+    some small enough to be upsampled more than 2x; and one file that is not an image."""
+    from concept_probe import zoo
+
+    folder = tmp_path_factory.mktemp("labelled")
+    sizes = [64, 20, 48, 24, 96, 16, 40, 28, 72, 18, 56, 30]
+    for i, img in enumerate(zoo.make_shapes(12, seed=5).images):
+        (folder / "ab"[i % 2]).mkdir(exist_ok=True)
+        im = Image.fromarray(img.numpy()).resize((sizes[i], sizes[i] + i % 3))
+        im.save(folder / "ab"[i % 2] / f"s{i:02d}.png")
+    (folder / "b" / "s99.png").write_bytes(b"not a png")
+    return folder
+
+
+def _kill_after(argv: list, out: Path, log: Path, n_shards: int) -> int:
+    """Run the CLI in a slow child and SIGKILL it once ``n_shards`` shards are on disk."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    with open(log, "wb") as sink:
+        child = subprocess.Popen(
+            [sys.executable, "-c", SLOW_CHILD, *map(str, argv), "--out", str(out)],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while _shards_done(out) < n_shards and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert child.poll() is None, log.read_text()[-2000:]
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    return _shards_done(out)
+
+
+def test_killed_extract_resumes_with_the_whole_runs_metadata(
+    labelled_folder, tmp_path, capsys, monkeypatch
+):
+    """The accuracy, the image sizes and the skipped files count every input, not only those
+    of the session that finished the run."""
+    argv = ["extract", *DEMO_MODEL, "--images", labelled_folder, "--batch-size", "1"]
+    argv += ["--skip-unreadable", "--quiet"]
+    code, _, err = _cli(capsys, *argv, "--out", tmp_path / "whole.cp")
+    assert code == 0, err
+    whole = Activations.load(tmp_path / "whole.cp").meta
+    assert whole["predictions"]["n_images"] == whole["predictions"]["n_labelled"] == 12
+    assert whole["image_sizes"]["n_images"] == 12 and whole["image_sizes"]["n_upsampled_2x"] == 6
+    assert [s["path"] for s in whole["skipped"]] == [str(labelled_folder / "b" / "s99.png")]
+
+    out = tmp_path / "acts.cp"
+    done = _kill_after(argv, out, tmp_path / "child.log", 4)
+    assert 4 <= done < 12 and not (out / "manifest.json").exists()
+    monkeypatch.setattr("concept_probe.extraction._engine.SHARD_BYTES", 1)
+    code, _, err = _cli(capsys, *argv, "--out", out)
+    assert code == 0, err
+    assert f"from input {done + 1} of 12" in err
+    _same_arrays(out, tmp_path / "whole.cp")
+    resumed = Activations.load(out).meta
+    for key in ("predictions", "image_sizes", "skipped"):
+        assert resumed[key] == whole[key], key
+    assert resumed == whole

@@ -255,6 +255,7 @@ def test_text_resume_after_interruption(tmp_path, minilm, monkeypatch):
     assert torch.equal(disk.A, mem.A) and disk.tokens == mem.tokens
     assert disk.meta["n_truncated"] == mem.meta["n_truncated"] == 1
     assert disk.meta["longest_tokens"] == mem.meta["longest_tokens"] == longest
+    assert disk.meta == mem.meta  # counted from every batch's shard, not by tokenizing again
 
 
 def test_numpy_integers_are_accepted_like_in_the_vision_extractor(minilm):

@@ -45,6 +45,9 @@ class Batch:
     images: np.ndarray | None = None  # uint8 (b, H, W, 3)
     texts: list[str] | None = None
     extra: dict = field(default_factory=dict)  # front-end specific (token ids, offsets, ...)
+    # What the batch adds to the whole extraction's metadata (JSON-ready: image sizes, a
+    # classifier's hits, texts cut): saved with its shard, so a resumed run counts every batch.
+    stats: dict = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -52,7 +55,9 @@ class Batch:
 
     def per_sample(self) -> Batch:
         """Return the batch without its model inputs: what sinks keep (inputs would pile up)."""
-        return Batch(self.start, None, self.ids, self.labels, self.images, self.texts)
+        return Batch(
+            self.start, None, self.ids, self.labels, self.images, self.texts, stats=self.stats
+        )
 
 
 @dataclass
@@ -312,6 +317,28 @@ class Plan:
     # Inputs per batch: a sharded extraction (torchrun) splits the inputs across ranks on
     # batch boundaries, so every rank runs exactly the batches a one-process run would.
     batch_size: int | None = None
+    # The metadata the batches' ``stats`` give, from those of every batch of the extraction in
+    # input order (across sessions of a resumed run and across ranks): one function of all of
+    # them, so a stopped and resumed run records exactly what one uninterrupted run records.
+    stats_meta: Callable[[list[dict]], dict] | None = None
+
+
+def meta_from_stats(plan: Plan, meta: dict, stats: list[dict] | None) -> dict:
+    """``meta`` with the fields the batches' ``stats`` give (all batches, in input order).
+
+    ``stats`` is None when some shard on disk has none (written before they were kept): the
+    metadata its session recorded is then kept as it is.
+    """
+    if plan.stats_meta is None or stats is None:
+        return meta
+    return {**meta, **plan.stats_meta(stats)}
+
+
+def shard_stats(strings: list[dict]) -> list[dict] | None:
+    """The batches' stats from the strings of consecutive shards (None if one has none)."""
+    if any("stats" not in s for s in strings):
+        return None
+    return [st for s in strings for st in s["stats"]]
 
 
 def layer_paths(out: str | Path | Mapping, layers: list[str], single: bool) -> dict[str, Path]:
@@ -445,13 +472,16 @@ def _run_memory(plan: Plan) -> dict[str, Activations]:
         A, arrays, tokens = sink.parts()
         per_sample, strings = sink.per_sample()
         info = plan.layer_info(name)
+        stats = [b.stats for b in sink.samples]
         out[name] = _build(
-            plan, name, A, {**arrays, **per_sample}, {**strings, "tokens": tokens}, info
+            plan, name, A, {**arrays, **per_sample}, {**strings, "tokens": tokens}, info, stats
         )
     return out
 
 
-def _build(plan: Plan, layer: str, A, arrays: dict, strings: dict, info: dict) -> Activations:
+def _build(
+    plan: Plan, layer: str, A, arrays: dict, strings: dict, info: dict, stats: list[dict]
+) -> Activations:
     labels = arrays.get("labels")
     if labels is not None and plan.label_names is None and not (labels >= 0).any():
         labels = None
@@ -468,7 +498,7 @@ def _build(plan: Plan, layer: str, A, arrays: dict, strings: dict, info: dict) -
         tokens=strings.get("tokens"),
         char_spans=arrays.get("char_spans"),
         texts=strings.get("texts"),
-        meta=_meta(plan, layer),
+        meta=meta_from_stats(plan, _meta(plan, layer), stats),
     )
 
 
@@ -567,6 +597,8 @@ def _flush(plan: Plan, stores: dict, buffers: dict) -> None:
         _, strings = _per_sample(batches, arrays=False)
         if rows[0].tokens is not None:
             strings["tokens"] = [t for r in rows for t in r.tokens]
+        if plan.stats_meta is not None:
+            strings["stats"] = [b.stats for b in batches]
         info = plan.layer_info(name)
         extra = {"grid": info.get("grid"), "meta": _meta(plan, name)}
         span = (batches[0].start, batches[-1].start + batches[-1].size)
@@ -577,8 +609,10 @@ def _flush(plan: Plan, stores: dict, buffers: dict) -> None:
 def _finalize(plan: Plan, name: str, store: _storage.ShardStore) -> None:
     strings: dict[str, list | None] = {"sample_ids": [], "texts": None, "tokens": None}
     has_labels = False
+    shard_strings = []
     for shard in store.shards:
         s = store.read_shard_strings(shard)
+        shard_strings.append({"stats": s["stats"]} if "stats" in s else {})  # not the ids
         strings["sample_ids"].extend(s["sample_ids"])
         for key in ("texts", "tokens"):
             if s.get(key) is not None:
@@ -594,7 +628,7 @@ def _finalize(plan: Plan, name: str, store: _storage.ShardStore) -> None:
         "n_features": n_features,
         "n_samples": len(strings["sample_ids"]),
         "grid": extra.get("grid"),
-        "meta": extra.get("meta", {}),
+        "meta": meta_from_stats(plan, extra.get("meta", {}), shard_stats(shard_strings)),
     }
     drop = set() if (has_labels or plan.label_names is not None) else {"labels"}
     strings_out = {

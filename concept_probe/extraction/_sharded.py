@@ -273,13 +273,17 @@ def _load(root: Path, rank: int, world: int, shard: dict, name: str) -> np.ndarr
 
 
 def _write_manifest(plan, root, fingerprint, world, every, layout) -> None:
+    from ._engine import shard_stats
+
     tmp = root / _MERGE
     sample_ids: list[str] = []
     texts: list[str] | None = None
     tokens: list[str] | None = None
+    stats = []
     for r, sh in every:
         folder = root / _rank_dir(r, world)
         s = _storage._load_strings(folder, sh["files"][_storage.STRINGS])
+        stats.append({"stats": s["stats"]} if "stats" in s else {})
         sample_ids.extend(s["sample_ids"])
         if s.get("texts") is not None:
             texts = (texts or []) + s["texts"]
@@ -309,7 +313,7 @@ def _write_manifest(plan, root, fingerprint, world, every, layout) -> None:
         "n_features": int(layout["A"][1][0]),
         "n_samples": len(sample_ids),
         "grid": extras[-1].get("grid"),
-        "meta": merge_meta([e.get("meta", {}) for e in extras]),
+        "meta": merge_meta(plan, [e.get("meta", {}) for e in extras], shard_stats(stats)),
     }
     manifest = dict(
         header, format=_storage.FORMAT, version=_storage.VERSION, fingerprint=fingerprint
@@ -323,29 +327,14 @@ def _write_manifest(plan, root, fingerprint, world, every, layout) -> None:
     fsync_dir(tmp)
 
 
-def merge_meta(metas: list[dict]) -> dict:
+def merge_meta(plan: Plan, metas: list[dict], stats: list[dict] | None) -> dict:
     """One extraction's metadata from its ranks' (in rank order; ranks with inputs only).
 
-    Fields every rank records alike are kept (the last rank's: a text front end's truncation
-    count covers every input before the end of its share, so the last rank's is the total).
-    The prediction tally is summed and its accuracy recomputed; the image-size summary sums
-    its counts and keeps the medians of the largest share (medians do not merge exactly).
+    Fields every rank records alike are kept (the last rank's). Those that count the inputs
+    (a classifier's accuracy, the image sizes, the texts cut) come from the ``stats`` of every
+    batch of every rank, in input order (:func:`~._engine.meta_from_stats`), so they are
+    exactly those of a one-process run.
     """
-    meta = dict(metas[-1])
-    preds = [m["predictions"] for m in metas if m.get("predictions")]
-    if preds:
-        p = dict(preds[-1])
-        for key in ("n_images", "n_labelled", "n_correct"):
-            p[key] = sum(int(q.get(key, 0)) for q in preds)
-        if any(q.get("labels_exceed_classes") for q in preds):
-            p["labels_exceed_classes"] = True
-        ok = p["n_labelled"] and not p.get("labels_exceed_classes")
-        p["accuracy"] = p["n_correct"] / p["n_labelled"] if ok else None
-        meta["predictions"] = p
-    sizes = [m["image_sizes"] for m in metas if m.get("image_sizes")]
-    if sizes:
-        s = dict(max(sizes, key=lambda q: q.get("n_images", 0)))
-        for key in ("n_images", "n_upsampled_2x"):
-            s[key] = sum(int(q.get(key, 0)) for q in sizes)
-        meta["image_sizes"] = s
-    return meta
+    from ._engine import meta_from_stats
+
+    return meta_from_stats(plan, dict(metas[-1]), stats)

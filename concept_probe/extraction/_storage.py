@@ -340,6 +340,9 @@ class ShardStore:
     Shards hold whole samples; ``progress.json`` lists the finished shards with the range of
     samples each covers and the size (and checksum) of each file. Files of a shard that is not
     listed (written when the process was stopped) are overwritten when the shard is redone.
+    A shard's strings file also holds its batches' ``stats`` (what they add to the metadata:
+    image sizes, a classifier's hits, texts cut), so the finished folder's metadata counts the
+    batches of every session of a resumed run, not only the last one's.
     """
 
     def __init__(self, path: Path, fingerprint: dict, n_samples: int | None, first_sample: int = 0):

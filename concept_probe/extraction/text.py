@@ -280,23 +280,14 @@ def extract_text_activations(
     items, ids, description = read_texts(texts)
     accepted = _accepted_inputs(model)
     rows = _TextRows(tokenizer)
-    # texts cut at max_length, and the most tokens any text has uncut (special tokens included)
-    seen = {"n_truncated": 0, "longest_tokens": 0}
 
     def full_lengths(chunk: list[str]) -> list[int]:
         # verbose=False: no "sequence length is longer than the maximum" log line per text
         enc = tokenizer(chunk, truncation=False, verbose=False)
         return [len(x) for x in enc["input_ids"]]
 
-    def count(lengths: list[int]) -> None:
-        seen["n_truncated"] += sum(n > max_length for n in lengths)
-        seen["longest_tokens"] = max([seen["longest_tokens"], *lengths])
-
     def batches(start: int) -> Iterator[_engine.Batch]:
-        seen.update(n_truncated=0, longest_tokens=0)  # every pass counts from the first text
         with _padding_ready(tokenizer):
-            for s in range(0, start, 256):  # resuming: count among the texts already done
-                count(full_lengths(items[s : min(s + 256, start)]))
             for s in range(start, len(items), batch_size):
                 chunk = items[s : s + batch_size]
                 enc = tokenizer(
@@ -319,7 +310,12 @@ def extract_text_activations(
                 if full:
                     for j, n in zip(full, full_lengths([chunk[j] for j in full]), strict=True):
                         lengths[j] = n
-                count(lengths)
+                # texts cut at max_length, and the most tokens one has uncut (special tokens
+                # included): kept with the batch's shard, so a resumed run counts every text
+                stats = {
+                    "n_truncated": sum(n > max_length for n in lengths),
+                    "longest_tokens": max(lengths, default=0),
+                }
                 inputs = {
                     k: enc[k].to(dev)
                     for k in _MODEL_INPUTS
@@ -331,6 +327,7 @@ def extract_text_activations(
                     ids=ids[s : s + len(chunk)],
                     texts=list(chunk),
                     extra={"input_ids": enc["input_ids"], "keep": keep, "offsets": offsets},
+                    stats=stats,
                 )
 
     meta = {
@@ -343,7 +340,13 @@ def extract_text_activations(
     }
 
     def layer_info(name: str) -> dict:
-        return {"grid": None, "meta": dict(seen)}
+        return {"grid": None, "meta": {}}
+
+    def stats_meta(stats: list[dict]) -> dict:
+        return {
+            "n_truncated": sum(int(st["n_truncated"]) for st in stats),
+            "longest_tokens": max((int(st["longest_tokens"]) for st in stats), default=0),
+        }
 
     fingerprint = {}
     if out is not None:
@@ -373,6 +376,7 @@ def extract_text_activations(
         progress=progress,
         unit="text",
         batch_size=batch_size,
+        stats_meta=stats_meta,
     )
     result = _engine.run(plan, out, run.single)
     first = result if run.single else result[run.layers[0]]

@@ -236,13 +236,18 @@ def extract_image_activations(
     quota = Quota(max_rows, rows_per_image, source.n, int(seed))
     rows = VisionRows(model, mode, include_tokens, layout, int(seed), quota, int(border))
     input_hw: list[tuple[int, int]] = []  # the (H, W) the model saw, from the first batch
-    tally: dict | None = {} if predictions else None
 
     def batches(start: int) -> Iterator[_engine.Batch]:
+        sizes = source.original_sizes  # filled as the source reads each batch's images
         for x, labels, ids in source.batches(start, batch_size):
             images_u8 = thumbnails(x, pre.mean, pre.std, max_image_size) if keep_images else None
             if not input_hw:
                 input_hw.append(tuple(x.shape[-2:]))
+            # the sizes of this batch's images go with the batch (and its shard), so that a
+            # resumed run's summary counts the images read before it stopped too
+            stats = {"sizes": [[int(h), int(w)] for h, w in sizes]} if sizes else {}
+            if sizes:
+                sizes.clear()
             yield _engine.Batch(
                 start=start,
                 inputs=x.to(run.device, non_blocking=True),
@@ -250,6 +255,7 @@ def extract_image_activations(
                 labels=np.asarray(labels, dtype=np.int64),
                 images=images_u8,
                 extra={"hw": tuple(x.shape[-2:])},
+                stats=stats,
             )
             start += x.shape[0]
 
@@ -274,12 +280,18 @@ def extract_image_activations(
         m = dict(info.get("meta", {}))
         if input_hw:
             m["input_size"] = list(input_hw[0])
-        sizes = _image_sizes(source, pre)
+        return {"grid": info.get("grid"), "meta": m}
+
+    def stats_meta(stats: list[dict]) -> dict:
+        """The fields every batch adds to (all batches of the run, across sessions and ranks)."""
+        m = {}
+        sizes = _image_sizes([s for st in stats for s in st.get("sizes", ())], pre)
         if sizes:
             m["image_sizes"] = sizes
-        if tally is not None and tally.get("n_classes"):
-            m["predictions"] = dict(tally)
-        return {"grid": info.get("grid"), "meta": m}
+        tally = _sum_predictions([st["predictions"] for st in stats if "predictions" in st])
+        if tally:
+            m["predictions"] = tally
+        return m
 
     fingerprint = {}
     if out is not None:
@@ -314,18 +326,18 @@ def extract_image_activations(
         progress=progress,
         unit="img",
         batch_size=batch_size,
-        on_output=(lambda batch, output: _count_predictions(tally, batch, output))
-        if predictions
-        else None,
+        on_output=_count_predictions if predictions else None,
+        stats_meta=stats_meta,
     )
     result = _engine.run(plan, out, run.single)
-    _warn_small_images(_image_sizes(source, pre))
+    first = result if run.single else result[run.layers[0]]
+    _warn_small_images(first.meta.get("image_sizes"))
     return result
 
 
 # ------------------------------------------------------------------------ checks on the way
-def _count_predictions(tally: dict, batch: _engine.Batch, output: Any) -> None:
-    """Add one batch's predicted classes to the running accuracy tally."""
+def _count_predictions(batch: _engine.Batch, output: Any) -> None:
+    """Record one batch's hits in its stats (the whole run's accuracy is their sum)."""
     logits = getattr(output, "logits", output)
     if isinstance(logits, (tuple, list)) and logits:
         logits = logits[0]
@@ -340,20 +352,36 @@ def _count_predictions(tally: dict, batch: _engine.Batch, output: Any) -> None:
     pred = logits.argmax(dim=1).cpu().numpy()
     labels = batch.labels if batch.labels is not None else np.full(batch.size, -1)
     known = labels >= 0
-    if tally.get("n_classes") is None:
-        tally.update(n_classes=int(logits.shape[1]), n_images=0, n_labelled=0, n_correct=0)
-    tally["n_images"] += batch.size
-    tally["n_labelled"] += int(known.sum())
-    tally["n_correct"] += int((pred[known] == labels[known]).sum())
+    tally = {
+        "n_classes": int(logits.shape[1]),
+        "n_images": batch.size,
+        "n_labelled": int(known.sum()),
+        "n_correct": int((pred[known] == labels[known]).sum()),
+    }
     if known.any() and int(labels[known].max()) >= tally["n_classes"]:
+        tally["labels_exceed_classes"] = True
+    batch.stats["predictions"] = tally
+
+
+def _sum_predictions(parts: list[dict]) -> dict | None:
+    """The accuracy tally of a whole run from its batches' (None: no classifier output)."""
+    if not parts:
+        return None
+    tally = {"n_classes": parts[0]["n_classes"]}
+    for key in ("n_images", "n_labelled", "n_correct"):
+        tally[key] = sum(int(p[key]) for p in parts)
+    if any(p.get("labels_exceed_classes") for p in parts):
         tally["labels_exceed_classes"] = True
     ok = tally["n_labelled"] and not tally.get("labels_exceed_classes")
     tally["accuracy"] = tally["n_correct"] / tally["n_labelled"] if ok else None
+    return tally
 
 
-def _image_sizes(source, pre) -> dict | None:
-    """How much the images were upsampled to the model's input (PIL images and files)."""
-    sizes = source.original_sizes
+def _image_sizes(sizes: list, pre) -> dict | None:
+    """How much the images were upsampled to the model's input (PIL images and files).
+
+    ``sizes`` holds the (H, W) of every image before preprocessing, in input order.
+    """
     if not sizes or pre.input_size is None:
         return None
     H, W = pre.input_size[-2:]
