@@ -155,6 +155,77 @@ def test_pil_images_in_memory_go_through_the_same_rules():
     assert np.abs(x[0] - x[1]).max() <= 1 / 255 + 1e-6
 
 
+def _every_mode():
+    """One seeded 12 x 10 picture in each mode a rule converts (TIFF keeps each as it is)."""
+    a8 = picture()
+    rgb = np.stack([a8, 255 - a8, a8 // 2], axis=-1)
+    return {
+        "I;16": Image.fromarray(a8.astype(np.uint16) * 257),
+        "I;16B": Image.fromarray((a8.astype(np.uint16) * 257).astype(">u2")),
+        "I": Image.fromarray(a8.astype(np.int32) * 200),
+        "F": Image.fromarray(a8.astype(np.float32) / 300),
+        "LA": Image.fromarray(np.dstack([a8, picture(seed=5)])),
+        "P": Image.fromarray(rgb).quantize(16),
+        "CMYK": Image.fromarray(rgb).convert("CMYK"),
+        "1": Image.fromarray(a8 > 127),
+        "RGBA": Image.fromarray(np.dstack([rgb, picture(seed=6)])),
+    }
+
+
+class _Items(torch.utils.data.Dataset):
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i], 0
+
+
+def test_in_memory_images_of_every_mode_are_read_like_files(tmp_path):
+    """A list of PIL images, a dataset of them and their files give the model the same pixels
+    (16-bit scaled by 65535, F as [0, 1], alpha on white), also when streamed to disk."""
+    images = _every_mode()
+    assert [im.mode for im in images.values()] == list(images)
+    for k, im in enumerate(images.values()):
+        im.save(tmp_path / f"{k:02d}.tif")
+    _, from_files = seen(tmp_path)
+    want = np.stack([np.asarray(to_rgb(im)) for im in images.values()]) / 255
+    np.testing.assert_allclose(from_files, want, atol=1e-6)
+    for given in (list(images.values()), _Items(list(images.values()))):
+        _, x = seen(given)
+        np.testing.assert_array_equal(x, from_files)
+    # streamed (out=): the resume fingerprint reads every mode's pixels, big-endian ones too
+    _, x = seen(list(images.values()), out=tmp_path / "acts.cp")
+    np.testing.assert_array_equal(x, from_files)
+
+
+def test_in_memory_images_no_rule_converts_are_refused_naming_each(tmp_path):
+    hot = Image.fromarray(np.full((4, 3), 300.0, np.float32))
+    neg = Image.fromarray(np.full((4, 3), -5, np.int32))
+    fine = Image.fromarray(picture(4, 3))
+    calls = []
+    net = nn.Sequential(nn.Identity())
+    net.register_forward_pre_hook(lambda m, a: calls.append(1))
+    kw = {"transform": to_tensor, "progress": False}
+    # a list: every refused image listed up front, before any forward pass
+    with pytest.raises(ValueError) as info:
+        extract_image_activations(net, "0", [fine, hot, fine, neg], **kw)
+    message = str(info.value)
+    assert message.startswith("2 of the 4 images cannot be read into 8-bit RGB: images[1] (a PIL")
+    assert "images[1] (a PIL image of 3 x 4 px): a mode 'F' (32-bit float) image" in message
+    assert "[300, 300]. Rescale it to [0, 1] first" in message
+    assert "images[3] (a PIL image of 3 x 4 px): a mode 'I' (integer) image" in message
+    assert "[-5, -5]. Rescale it to 0..65535" in message
+    assert calls == []
+    with pytest.raises(ValueError, match=r"^images\[0\] \(a PIL .*mode 'F'.*16-bit image\.$"):
+        extract_image_activations(net, "0", [hot], **kw)
+    # a dataset: read one item at a time, so the item is named when it is read
+    with pytest.raises(ValueError, match=r"^dataset\[2\] \(a PIL .*mode 'I'.*\[-5, -5\]"):
+        extract_image_activations(net, "0", _Items([fine, fine, neg]), batch_size=1, **kw)
+
+
 # ------------------------------------------------------------------------ unreadable files
 def solid(colour, size=8):
     return Image.new("RGB", (size, size), colour)

@@ -414,6 +414,42 @@ def to_rgb(im):
         ) from exc
 
 
+def _item_rgb(im, where: str):
+    """:func:`to_rgb` of an in-memory image; a refusal names it (``images[3]``, ``dataset[3]``)."""
+    try:
+        return to_rgb(im)
+    except _ModeError as exc:
+        raise ValueError(f"{where} ({_described(im)}): {exc}.") from None
+
+
+def _described(im) -> str:
+    return f"a PIL image of {im.size[0]} x {im.size[1]} px"
+
+
+# Modes that a rule may refuse (their value range decides); every other mode converts.
+_REFUSABLE = ("I", "F")
+
+
+def check_pil_images(items: list) -> None:
+    """Refuse, before any forward pass, the in-memory images no rule converts (all listed)."""
+    problems = []
+    for i, im in enumerate(items):
+        if im.mode in _REFUSABLE:
+            try:
+                to_rgb(im)
+            except _ModeError as exc:
+                problems.append(f"images[{i}] ({_described(im)}): {exc}")
+    if len(problems) == 1:
+        raise ValueError(f"{problems[0]}.")
+    if problems:
+        shown = "; ".join(problems[:10]) + (
+            f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
+        )
+        raise ValueError(
+            f"{len(problems)} of the {len(items)} images cannot be read into 8-bit RGB: {shown}."
+        )
+
+
 # ------------------------------------------------------------------------ image files
 _SKIP_HINT = "pass on_error='skip' (CLI: --skip-unreadable) to leave unreadable files out"
 
@@ -882,16 +918,12 @@ def make_source(
             f"go in as one (B, C, H, W) batch: torch.stack(list_of_tensors)."
         )
     prep = _pil_prep(_need_transform(pre, model, "PIL images"))
+    check_pil_images(items)
     fp = _engine.strings_fingerprint(
-        [
-            f"{im.size}{im.mode}{_engine.tensor_fingerprint(torch.from_numpy(np.asarray(im)))}"
-            for im in items
-        ]
-        if out_given
-        else []
+        [f"{im.size}{im.mode}{_pixels_fingerprint(im)}" for im in items] if out_given else []
     )
     return _ItemSource(
-        lambda i: to_rgb(items[i]),
+        lambda i: _item_rgb(items[i], f"images[{i}]"),
         len(items),
         [f"image[{i}]" for i in range(len(items))],
         prep,
@@ -899,6 +931,14 @@ def make_source(
         f"{len(items)} PIL images",
         fp,
     ), extra
+
+
+def _pixels_fingerprint(im) -> str:
+    """A cheap hash of a PIL image's pixels (any mode; 16-bit big-endian ones too)."""
+    a = np.array(im)  # a writable copy (a view of PIL's buffer is read-only: torch warns)
+    if not a.dtype.isnative:  # I;16B: torch takes native byte order only
+        a = a.astype(a.dtype.newbyteorder("="))
+    return _engine.tensor_fingerprint(torch.from_numpy(a))
 
 
 def _file_source(
@@ -978,7 +1018,8 @@ def _dataset_prep(pre: Preprocessing, model: nn.Module) -> Callable:
             item = Image.fromarray(item)
         if _is_pil(item):
             size = (item.size[1], item.size[0])
-            x = _need_transform(pre, model, "the dataset's PIL images")(to_rgb(item))
+            rgb = _item_rgb(item, f"dataset[{i}]")
+            x = _need_transform(pre, model, "the dataset's PIL images")(rgb)
         elif isinstance(item, torch.Tensor):
             x = pre.transform(item) if pre.user_transform else item
         else:
