@@ -10,26 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _cli_helpers import one_line_error
+from _cli_helpers import run_cli as _cli
 
 from concept_probe.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _assert_one_line_error(code, err, *needles):
-    assert code == 2
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("concept-probe: error: ")
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def _check_report(folder: Path, n_concepts: int, images: bool = True):
@@ -270,10 +256,10 @@ def test_max_length_flag_warns_on_cut_texts_and_refuses_more_than_the_model_take
         (["--max-length", "2"], "--max-length must be at least 3: the 2 special tokens"),
     ):
         code, _out, err = _cli(capsys, "extract", *base, *flags, "--out", tmp_path / "b")
-        _assert_one_line_error(code, err, needle)
+        one_line_error(code, err, needle, notes=False)
         assert not (tmp_path / "b").exists()
     code, _out, err = _cli(capsys, "extract", "--max-length", "64", "--out", tmp_path / "c")
-    _assert_one_line_error(code, err, "--max-length applies to --texts")
+    one_line_error(code, err, "--max-length applies to --texts", notes=False)
 
 
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, photo_folder, resnet_checkpoint):
@@ -374,7 +360,7 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, photo_folder, resn
     ]
     for argv, needle in cases:
         code, _, err = _cli(capsys, *argv)
-        _assert_one_line_error(code, err, needle)
+        one_line_error(code, err, needle, notes=False)
 
 
 def test_console_script_exit_code_and_help():
@@ -413,7 +399,7 @@ def test_layers_subcommand_lists_the_demo_model(capsys):
     assert code == 0, err
     assert "layer3 " in out and "output shape" in out
     code, _, err = _cli(capsys, "layers", "--model", "no_such_net_xyz")
-    _assert_one_line_error(code, err, "no_such_net_xyz")
+    one_line_error(code, err, "no_such_net_xyz", notes=False)
 
 
 def test_report_refuses_a_fit_made_on_other_activations(demo_run, tmp_path, capsys):
@@ -432,7 +418,7 @@ def test_report_refuses_a_fit_made_on_other_activations(demo_run, tmp_path, caps
     code, _, err = _cli(
         capsys, "report", tmp_path / "l4.cp", demo_run / "fit", "--out", tmp_path / "rep"
     )
-    _assert_one_line_error(code, err, "not made on these activations")
+    one_line_error(code, err, "not made on these activations", notes=False)
     assert not (tmp_path / "rep").exists()
 
 

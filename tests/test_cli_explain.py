@@ -4,24 +4,12 @@ import json
 
 import pytest
 import torch
+from _cli_helpers import one_line_error
+from _cli_helpers import run_cli as _cli
 
 from concept_probe.cli import main
 
 pytest.importorskip("timm")
-
-
-def _cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _one_line_error(code, err, *needles):
-    assert code == 2
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("concept-probe: error: "), err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +77,9 @@ def test_explain_stage_refusals(demo_fit, tmp_path, capsys):
         tmp_path / "r",
         "--quiet",
     )
-    _one_line_error(code, err, "unknown class name 'red solid circel'", "'red solid circle'")
+    one_line_error(
+        code, err, "unknown class name 'red solid circel'", "'red solid circle'", notes=False
+    )
     code, _, err = _cli(
         capsys,
         "explain",
@@ -101,7 +91,7 @@ def test_explain_stage_refusals(demo_fit, tmp_path, capsys):
         tmp_path / "r",
         "--quiet",
     )
-    _one_line_error(code, err, "target class 99 is out of range")
+    one_line_error(code, err, "target class 99 is out of range", notes=False)
     # a fit made on other activations (another layer) is refused
     assert (
         main(
@@ -121,7 +111,7 @@ def test_explain_stage_refusals(demo_fit, tmp_path, capsys):
     code, _, err = _cli(
         capsys, "explain", tmp_path / "l2.cp", demo_fit / "fit", "--out", tmp_path / "r"
     )
-    _one_line_error(code, err, "was not made on these activations", "layer")
+    one_line_error(code, err, "was not made on these activations", "layer", notes=False)
     assert not (tmp_path / "r").exists()  # nothing half-written
 
 
@@ -194,7 +184,7 @@ def test_run_explain_predicted_on_a_timm_model_and_model_mismatch(
         tmp_path / "r2",
         "--quiet",
     )
-    _one_line_error(code, err, "does not reproduce the activations")
+    one_line_error(code, err, "does not reproduce the activations", notes=False)
     code, _, err = _cli(
         capsys,
         "explain",
@@ -204,4 +194,4 @@ def test_run_explain_predicted_on_a_timm_model_and_model_mismatch(
         tmp_path / "r3",
         "--quiet",
     )
-    _one_line_error(code, err, "not the built-in demo's")
+    one_line_error(code, err, "not the built-in demo's", notes=False)

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _cli_helpers import error_line
+from _cli_helpers import run_cli as _cli
 
 import concept_probe as cp
 from concept_probe._io import folder_lock, remove_stale_temporaries
@@ -65,19 +67,6 @@ def saved(tmp_path_factory):
     Z, _ = nmf.fit(acts.A, max_iter=10)
     cp.save_fit(root / "fit", nmf, Z, acts)
     return root
-
-
-def _cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("concept-probe: error: ") and "Traceback" not in err
-    return lines[0]
 
 
 # A child that runs the CLI with one function replaced by a wait: it writes READY, then waits
@@ -147,7 +136,7 @@ def test_a_second_run_into_the_same_folder_refuses_naming_the_holder(saved, tmp_
         release.write_text("go")
         _, err_text = holder.communicate(timeout=120)
     assert second.returncode == 2, second.stderr
-    line = _one_line(second.stderr)
+    line = error_line(second.stderr, notes=False)
     assert str(out) in line and f"pid {holder.pid}" in line and "in use" in line
     assert holder.returncode == 0, err_text
     # the folder holds the first run's fit only (k=2), never a mix
@@ -269,12 +258,12 @@ def test_a_flipped_byte_in_any_saved_file_is_reported_corrupt(
         capsys, "report", tmp_path / "acts.cp", tmp_path / "fit", "--out", tmp_path / "r"
     )
     assert code == 2
-    line = _one_line(err)
+    line = error_line(err, notes=False)
     assert "corrupt" in line and name in line and "mismatch" not in line
     assert "not made on these activations" not in line
     assert not (tmp_path / "r").exists()
     code, _, err = _cli(capsys, "verify", tmp_path / folder)
-    assert code == 2 and name in _one_line(err)
+    assert code == 2 and name in error_line(err, notes=False)
 
 
 def test_loading_whole_checks_A_and_mmap_defers_to_verify(saved, tmp_path):
@@ -338,5 +327,5 @@ def test_a_flipped_byte_in_an_evaluation_folder_is_reported_corrupt(
     argv = ["report", saved / "acts.cp", saved / "fit", "--evaluation", tmp_path / "eval"]
     code, _, err = _cli(capsys, *argv, "--out", tmp_path / "r")
     assert code == 2
-    line = _one_line(err)
+    line = error_line(err, notes=False)
     assert "corrupt" in line and name in line
