@@ -16,10 +16,10 @@ from __future__ import annotations
 import os
 import sys
 import time
-from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from _dist_helpers import init_group, save_result
 from _dist_worker import SPLITS, K, make_data
 
 from concept_probe import ConvexNMF, SemiNMF
@@ -179,14 +179,8 @@ def scenario_cli(rank: int, world: int, out: str, acts: str, mode: str) -> int:
     code = main([*argv, "--solver", "mu", "--seed", "0", "--max-iter", "500"])
     if rank == 0:
         took = time.monotonic() - state["first"]
-        save(out, rank, {"code": code, "seconds_after_first_collective": took, **state})
+        save_result(out, rank, {"code": code, "seconds_after_first_collective": took, **state})
     return code
-
-
-def save(out: str, rank: int, res) -> None:
-    tmp = os.path.join(out, f".rank{rank}.pt.tmp")
-    torch.save(res, tmp)
-    os.replace(tmp, os.path.join(out, f"rank{rank}.pt"))
 
 
 def main() -> None:
@@ -196,14 +190,8 @@ def main() -> None:
     if scenario.startswith("cli-"):
         code = scenario_cli(rank, world, out, sys.argv[6], scenario[4:])
         os._exit(code)  # the peer is gone: do not wait on it at exit
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=60),
-    )
-    save(out, rank, scenario_encode(rank, world, out))
+    init_group(rank, world, port, 60)
+    save_result(out, rank, scenario_encode(rank, world, out))
 
 
 if __name__ == "__main__":

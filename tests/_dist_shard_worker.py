@@ -17,11 +17,11 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from datetime import timedelta
 from unittest import mock
 
 import torch
 import torch.distributed as dist
+from _dist_helpers import init_group, save_result
 
 from concept_probe import (
     Activations,
@@ -135,17 +135,9 @@ def scenario_sharded_fit(rank: int, world: int, out: str) -> dict:
 def main() -> None:
     rank, world, port, out = sys.argv[1:5]
     rank, world = int(rank), int(world)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=60),
-    )
+    init_group(rank, world, port, 60)
     res = {"ranking": scenario_ranking(rank, world), "fit": scenario_sharded_fit(rank, world, out)}
-    tmp = os.path.join(out, f".rank{rank}.pt.tmp")
-    torch.save(res, tmp)
-    os.replace(tmp, os.path.join(out, f"rank{rank}.pt"))
+    save_result(out, rank, res)
     dist.destroy_process_group()
 
 

@@ -11,10 +11,10 @@ import os
 import sys
 import threading
 import time
-from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from _dist_helpers import init_group, save_result
 
 from concept_probe import ConvexNMF, SemiNMF
 from concept_probe.errors import DistributedError
@@ -161,19 +161,11 @@ def main() -> None:
     scenario, rank, world, port, out = sys.argv[1:6]
     rank, world = int(rank), int(world)
     timeout = float(os.environ.get("CP_TEST_TIMEOUT", "30"))
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=timeout),
-    )
+    init_group(rank, world, port, timeout)
     res = {"equal": scenario_equal, "dies": scenario_dies, "hangs": scenario_hangs}[scenario](
         rank, world, out
     )
-    tmp = os.path.join(out, f".rank{rank}.pt.tmp")
-    torch.save(res, tmp)
-    os.replace(tmp, os.path.join(out, f"rank{rank}.pt"))
+    save_result(out, rank, res)
     if scenario == "equal":
         dist.destroy_process_group()
     else:  # the peer is gone: do not wait on it at exit

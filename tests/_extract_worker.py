@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from _dist_helpers import init_group
 from torch import nn
 
 from concept_probe import ConvexNMF, extract_image_activations
@@ -92,13 +92,7 @@ def main() -> None:
     rank, world, port, out, case = sys.argv[1:6]
     rank, world, out = int(rank), int(world), Path(out)
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=60),
-    )
+    init_group(rank, world, port, 60)
     try:
         if case == "resume":
             interrupt(rank, world, out)

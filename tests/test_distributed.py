@@ -12,59 +12,22 @@ beyond 1e-12); float32 to 1e-4.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from _dist_helpers import close as _close
+from _dist_helpers import launch, torchrun, wait
 from _dist_worker import CASES, SPLITS, K, fit_case, make_data
 
 from concept_probe import Activations, ConvexNMF
 from concept_probe.errors import DistributedError
 
 WORKER = Path(__file__).parent / "_dist_worker.py"
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _launch(scenario: str, world: int, out: Path, **env) -> list[subprocess.Popen]:
-    out.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    environ = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-        **env,
-    }
-    return [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), scenario, str(r), str(world), str(port), str(out)],
-            env=environ,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for r in range(world)
-    ]
-
-
-def _wait(procs: list[subprocess.Popen], timeout: float = 240) -> list[tuple[int, str]]:
-    res = []
-    for p in procs:
-        try:
-            text, _ = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            text, _ = p.communicate()
-        res.append((p.returncode, text.decode(errors="replace")))
-    return res
+def _launch(scenario: str, world: int, out: Path, **env) -> list:
+    return launch(WORKER, world, out, before=[scenario], **env)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +43,7 @@ def groups(tmp_path_factory):
         "dies": _launch("dies", 2, root / "dies", CP_TEST_TIMEOUT="30"),
         "hangs": _launch("hangs", 2, root / "hangs", CP_TEST_TIMEOUT="4"),
     }
-    done = {name: _wait(procs) for name, procs in launched.items()}
+    done = {name: wait(procs) for name, procs in launched.items()}
     return root, done, A
 
 
@@ -89,11 +52,6 @@ def _results(groups, name: str, world: int) -> list[dict]:
     for code, text in done[name]:
         assert code in (0, 17), text[-3000:]
     return [torch.load(root / name / f"rank{r}.pt") for r in range(world)]
-
-
-def _close(got, want, dtype):
-    tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-6}
-    torch.testing.assert_close(got, want, **tol)
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -198,15 +156,7 @@ def test_torchrun_fit_writes_a_fit_folder_that_equals_the_one_process_fit(tmp_pa
     A = make_data("nonneg").float()
     acts_path = Activations(A, torch.arange(A.shape[0]), kind="pooled").save(tmp_path / "a.cp")
     opts = ["--concepts", str(K), "--solver", "mu", "--seed", "0", "--max-iter", "20"]
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    torchrun += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
-    cmd = [*torchrun, "-m", "concept_probe", "fit", str(acts_path), "--out", str(tmp_path / "f2")]
-    done = subprocess.run([*cmd, *opts], env=env, capture_output=True, text=True, timeout=240)
+    done = torchrun(2, "fit", acts_path, "--out", tmp_path / "f2", *opts)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "(2 ranks)" in done.stdout
     assert main(["fit", str(acts_path), "--out", str(tmp_path / "f1"), *opts]) == 0

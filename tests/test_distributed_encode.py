@@ -6,41 +6,22 @@ once. Tolerances as in tests/test_distributed.py: float64 to 1e-10 relative, flo
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from _dist_encode_worker import CASES, NEW_SPLITS, fit, new_rows
+from _dist_helpers import close as _close
+from _dist_helpers import launch, wait
 from _dist_worker import make_data
-from test_distributed import _close, _free_port, _wait
 
 from concept_probe import Activations, ConvexNMF
 
 WORKER = Path(__file__).parent / "_dist_encode_worker.py"
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def _launch(scenario: str, world: int, out: Path, *extra: str, **env) -> list[subprocess.Popen]:
-    out.mkdir(parents=True, exist_ok=True)
-    port = str(_free_port())
-    environ = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-        **env,
-    }
-    return [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), scenario, str(r), str(world), port, str(out), *extra],
-            env=environ,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for r in range(world)
-    ]
+def _launch(scenario: str, world: int, out: Path, *extra: str, **env) -> list:
+    return launch(WORKER, world, out, before=[scenario], after=extra, **env)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +35,7 @@ def groups(tmp_path_factory):
         "cli-dies": _launch("cli-dies", 2, root / "cli-dies", str(acts), CP_TEST_TIMEOUT="60"),
         "cli-hangs": _launch("cli-hangs", 2, root / "cli-hangs", str(acts), CP_TEST_TIMEOUT="5"),
     }
-    return root, {name: _wait(procs) for name, procs in launched.items()}
+    return root, {name: wait(procs) for name, procs in launched.items()}
 
 
 @pytest.mark.parametrize("world", [2, 3])

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,51 +17,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _dist_helpers import child_env, launch, torchrun, wait
 from _extract_worker import CASES, extract, fit, fit_path
 
 from concept_probe import Activations
 
 WORKER = Path(__file__).parent / "_extract_worker.py"
-ROOT = Path(__file__).resolve().parents[1]
 GROUPS = {"two-layers": 2, "empty-rank": 3, "resume": 2}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Start both groups at once; return each group's folder once every rank has exited."""
     root = tmp_path_factory.mktemp("sharded")
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    procs = {
+        case: launch(WORKER, world, root / case, after=[case]) for case, world in GROUPS.items()
     }
-    procs = {}
-    for case, world in GROUPS.items():
-        port = _free_port()
-        (root / case).mkdir()
-        procs[case] = [
-            subprocess.Popen(
-                [sys.executable, str(WORKER), *map(str, (r, world, port, root / case)), case],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-            )
-            for r in range(world)
-        ]
     for case, ps in procs.items():
-        for p in ps:
-            try:
-                text, _ = p.communicate(timeout=240)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                text, _ = p.communicate()
-            assert p.returncode == 0, f"{case}: a rank failed:\n{text.decode()[-3000:]}"
+        for code, text in wait(ps):
+            assert code == 0, f"{case}: a rank failed:\n{text[-3000:]}"
     return root
 
 
@@ -136,27 +108,13 @@ def test_rank_range_deals_whole_batches():
 
 def test_torchrun_extract_cli_equals_one_process(tmp_path):
     """``torchrun --nproc_per_node 2 -m concept_probe extract ... --out`` writes the same folder."""
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
     argv = ["extract", "--n-images", "10", "--batch-size", "3", "--quiet", "--out"]
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    launch += ["--master_port", str(_free_port()), "-m", "concept_probe"]
-    res = subprocess.run(
-        [*launch, *argv, str(tmp_path / "sharded.cp")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=tmp_path,
-    )
+    res = torchrun(2, *argv, tmp_path / "sharded.cp", cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.count("Saved 160 rows") == 1  # rank 0 reports, once
     one = subprocess.run(
         [sys.executable, "-m", "concept_probe", *argv, str(tmp_path / "single.cp")],
-        env=env,
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=240,

@@ -9,14 +9,12 @@ which the tests here compare with the one-process results. Tolerance of the fits
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from _dist_helpers import launch, wait
 from _dist_shard_worker import (
     FIT,
     FIT_ITERS,
@@ -28,7 +26,6 @@ from _dist_shard_worker import (
     ranking_data,
 )
 from _dist_worker import make_data
-from test_distributed import _free_port, _wait
 
 from concept_probe import (
     Activations,
@@ -43,27 +40,10 @@ from concept_probe._io import seal
 from concept_probe.errors import CorruptFileError, DistributedError, FitMismatchError
 
 WORKER = Path(__file__).parent / "_dist_shard_worker.py"
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def _launch(world: int, out: Path, acts: Path) -> list[subprocess.Popen]:
-    out.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    env = {
-        **os.environ,
-        "CP_TEST_ACTS": str(acts),
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    return [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), str(r), str(world), str(port), str(out)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for r in range(world)
-    ]
+def _launch(world: int, out: Path, acts: Path) -> list:
+    return launch(WORKER, world, out, CP_TEST_ACTS=str(acts))
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +56,7 @@ def groups(tmp_path_factory):
     launched = {world: _launch(world, root / f"world{world}", root / "acts.cp") for world in (2, 3)}
     results = {}
     for world, procs in launched.items():
-        for code, text in _wait(procs):
+        for code, text in wait(procs):
             assert code == 0, text[-3000:]
         results[world] = [torch.load(root / f"world{world}" / f"rank{r}.pt") for r in range(world)]
     return root, results
