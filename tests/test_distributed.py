@@ -12,10 +12,12 @@ beyond 1e-12); float32 to 1e-4.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
+from _cli_helpers import run_cli
 from _dist_helpers import close as _close
 from _dist_helpers import launch, torchrun, wait
 from _dist_worker import CASES, SPLITS, K, fit_case, make_data
@@ -149,19 +151,65 @@ def test_distributed_true_without_a_process_group_says_how_to_start_one():
         ConvexNMF(2, distributed="yes").fit(torch.rand(10, 3))
 
 
-def test_torchrun_fit_writes_a_fit_folder_that_equals_the_one_process_fit(tmp_path):
+def test_torchrun_fit_writes_a_sharded_fit_folder_that_equals_the_one_process_fit(tmp_path, capsys):
+    """``torchrun --nproc_per_node 2 -m concept_probe fit`` writes the sharded layout (issue 12):
+    D and the settings once, each rank's rows of Z and columns of W in its own shard with its
+    row range; read whole or one shard at a time it equals the one-process fit, and ``verify``
+    and ``report`` take it like any other fit folder."""
     from concept_probe import load_fit
+    from concept_probe._io import load_tensors
     from concept_probe.cli import main
 
     A = make_data("nonneg").float()
-    acts_path = Activations(A, torch.arange(A.shape[0]), kind="pooled").save(tmp_path / "a.cp")
+    n = A.shape[0]
+    acts_path = Activations(A, torch.arange(n), kind="pooled").save(tmp_path / "a.cp")
     opts = ["--concepts", str(K), "--solver", "mu", "--seed", "0", "--max-iter", "20"]
-    done = torchrun(2, "fit", acts_path, "--out", tmp_path / "f2", *opts)
+    sharded = tmp_path / "f2"
+    done = torchrun(2, "fit", acts_path, "--out", sharded, *opts)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "(2 ranks)" in done.stdout
     assert main(["fit", str(acts_path), "--out", str(tmp_path / "f1"), *opts]) == 0
     acts = Activations.load(acts_path)
-    two, one = load_fit(tmp_path / "f2", acts), load_fit(tmp_path / "f1", acts)
+    two, one = load_fit(sharded, acts), load_fit(tmp_path / "f1", acts)
     torch.testing.assert_close(two.Z, one.Z, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(two.estimator.W, one.estimator.W, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(two.estimator.D, one.estimator.D, rtol=1e-4, atol=1e-6)
+
+    # The layout: a version-2 manifest of 2 shards whose row ranges tile [0, n) in rank order.
+    man = json.loads((sharded / "manifest.json").read_text())
+    assert man["version"] == 2 and man["world"] == 2 and man["n_rows"] == n
+    names = [f"shard-{r:05d}-of-00002.safetensors" for r in range(2)]
+    assert [(e["rank"], e["file"]) for e in man["shards"]] == list(enumerate(names))
+    bounds = [tuple(e["rows"]) for e in man["shards"]]
+    assert bounds[0][0] == 0 and bounds[0][1] == bounds[1][0] and bounds[1][1] == n, bounds
+    assert all(start < stop for start, stop in bounds), bounds  # each rank fitted rows
+    assert sorted(p.name for p in sharded.iterdir()) == sorted(
+        ["concepts.safetensors", "manifest.json", *names]
+    )
+    tensors, _ = load_tensors(sharded / "concepts.safetensors")
+    assert sorted(tensors) == ["D"]  # D once; W only in the shards
+    for name, (start, stop) in zip(names, bounds, strict=True):
+        tensors, _ = load_tensors(sharded / name)
+        assert sorted(tensors) == ["W", "Z"]
+        assert tensors["Z"].shape == (stop - start, K) and tensors["W"].shape == (K, stop - start)
+
+    # One shard read on its own: that rank's rows, equal to those of the one-process fit.
+    for r, (start, stop) in enumerate(bounds):
+        part = load_fit(sharded, acts, rank=r)
+        assert part.rows == (start, stop) and part.estimator.row_range_ == [start, stop]
+        assert torch.equal(part.Z, two.Z[start:stop])
+        assert torch.equal(part.estimator.W, two.estimator.W[:, start:stop])
+        assert torch.equal(part.estimator.D, two.estimator.D)
+        torch.testing.assert_close(part.Z, one.Z[start:stop], rtol=1e-4, atol=1e-6)
+        W_one = one.estimator.W[:, start:stop]
+        torch.testing.assert_close(part.estimator.W, W_one, rtol=1e-4, atol=1e-6)
+
+    code, out, err = run_cli(capsys, "verify", sharded)
+    assert code == 0, err
+    assert f"{sharded}: every file matches its checksum" in out
+    code, out, err = run_cli(
+        capsys, "report", acts_path, sharded, "--out", tmp_path / "r", "--top", "2", "--quiet"
+    )
+    assert code == 0, err
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert len(summary["concepts"]) == K and (tmp_path / "r" / "index.html").is_file()
