@@ -1,7 +1,9 @@
-"""Every stage that can take more than a few seconds shows a bar: the report, evaluate.
+"""Every stage that can take more than a few seconds shows a bar: the report, evaluate, explain.
 
-Before, the report sat silent under the finished fit bar (minutes for many concepts) and
-``evaluate`` printed nothing until its table.
+Before, the report sat silent under the finished fit bar (minutes for many concepts),
+``evaluate`` printed nothing until its table, and ``explain`` ran its faithfulness passes
+(three over the explained inputs: about 70 s with a timm ResNet on two cores), its
+predictions (every input) and its reading of the images without a word.
 """
 
 import importlib
@@ -9,9 +11,11 @@ import re
 
 import pytest
 import torch
+from torch import nn
 
 import concept_probe as cp
 from concept_probe.cli import main
+from concept_probe.explain import ConceptExplainer, explain_classes, image_inputs
 
 # the modules (concept_probe.evaluation.evaluate is also the name of the function)
 evaluate_module = importlib.import_module("concept_probe.evaluation.evaluate")
@@ -94,3 +98,81 @@ def test_evaluate_command_bars_unless_quiet(fitted, tmp_path, capsys):
     assert re.search(r"evaluate:\s+\d+%.*/5 ", capsys.readouterr().err)
     assert main([*base, "--out", str(tmp_path / "e2"), "--quiet"]) == 0
     assert "evaluate:" not in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def explained():
+    """A tiny classifier, its inputs, activations and fit (no labels: classes are predicted)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)
+    ).eval()
+    x = torch.randn(12, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    acts = cp.extract_image_activations(net, "1", x, progress=False)
+    nmf = cp.ConvexNMF(3, seed=0, max_iter=50, tol=0)
+    Z, _ = nmf.fit(acts.A)
+    return net, x, acts, nmf, Z
+
+
+def _recorded_explainer(monkeypatch):
+    """Keep the bars the explainer makes, by label, to read their count and total."""
+    bars, make = {}, ConceptExplainer._bar
+
+    def recording(self, total, desc):
+        bar = make(self, total, desc)
+        bars.setdefault(desc, []).append(bar)
+        return bar
+
+    monkeypatch.setattr(ConceptExplainer, "_bar", recording)
+    return bars
+
+
+def test_explain_shows_bars_over_predictions_importance_curves_and_faithfulness(
+    explained, capsys, monkeypatch
+):
+    net, x, acts, nmf, Z = explained
+    bars = _recorded_explainer(monkeypatch)
+    ex = ConceptExplainer(net, nmf, acts, Z, inputs=x, batch_size=5, progress=True)
+    result = explain_classes(ex, "predicted", n_random=1, max_inputs=None)
+    err = capsys.readouterr().err
+    n = sum(len(c.samples) for c in result.classes)  # every input is in its predicted class
+    assert n == 12
+    # faithfulness: the model, the splice with and without the residual, one bar over all three
+    assert re.search(r"faithfulness:\s+\d+%\|.*\| \d+/36 ", err), err
+    (faith,) = bars["faithfulness"]
+    assert faith.total == faith.n == 3 * n
+    assert bars["predictions"] and all(b.total == b.n == 12 for b in bars["predictions"])
+    assert re.search(r"predictions:\s+\d+%\|.*\| \d+/12 ", err), err
+    assert sum(b.n for b in bars["gradient"]) == n
+    assert re.search(r"deletion/insertion:\s+\d+%", err), err
+
+    quiet = ConceptExplainer(net, nmf, acts, Z, inputs=x, batch_size=5, progress=False)
+    again = explain_classes(quiet, "predicted", n_random=1, max_inputs=None)
+    assert "%|" not in capsys.readouterr().err
+    assert again.faithfulness == result.faithfulness  # the bar changes nothing computed
+
+
+def test_image_inputs_bars_over_the_images_read_when_asked(explained, capsys):
+    net, x, _, _, _ = explained
+    shown = image_inputs(net, x, batch_size=5, progress=True)
+    assert re.search(r"inputs:\s+\d+%\|.*\| \d+/12 ", capsys.readouterr().err)
+    assert torch.equal(image_inputs(net, x, batch_size=5), shown)  # default: no bar
+    assert "inputs:" not in capsys.readouterr().err
+
+
+def test_explain_command_bars_unless_quiet(tmp_path, capsys):
+    pytest.importorskip("timm")
+    acts, fit = tmp_path / "a.cp", tmp_path / "fit"
+    assert main(["extract", "--n-images", "40", "--out", str(acts), "--quiet"]) == 0
+    argv = ["fit", str(acts), "--concepts", "4", "--max-iter", "50", "--out", str(fit)]
+    assert main([*argv, "--quiet"]) == 0
+    capsys.readouterr()
+    base = ["explain", str(acts), str(fit), "--explain-inputs", "6"]
+    stages = ("gradient", "deletion/insertion", "faithfulness", "report")
+    assert main([*base, "--out", str(tmp_path / "r1")]) == 0
+    err = capsys.readouterr().err
+    for stage in stages:
+        assert re.search(rf"{stage}:\s+\d+%\|", err), (stage, err)
+    assert main([*base, "--out", str(tmp_path / "r2"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert not any(f"{stage}:" in err for stage in stages), err

@@ -38,7 +38,12 @@ def _explain_inputs(args, acts):
         skipped = {r["path"] for r in (acts.meta or {}).get("skipped", [])}
         with warnings.catch_warnings():  # the extraction listed them already
             warnings.simplefilter("ignore", SkippedInputsWarning)
-            inputs = image_inputs(model, args.images, on_error="skip" if skipped else "raise")
+            inputs = image_inputs(
+                model,
+                args.images,
+                on_error="skip" if skipped else "raise",
+                progress=not getattr(args, "quiet", False),
+            )
         return model, inputs, None, None, False
     if getattr(args, "model", None):
         raise UsageError(

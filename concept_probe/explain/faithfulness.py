@@ -90,14 +90,20 @@ def faithfulness(ex, samples: list[int], labels: Any = None) -> Faithfulness:
     -------
     Faithfulness
     """
-    plain = ex.outputs(samples, splice=False)
-    if plain.ndim != 2:
-        raise ValueError(
-            f"faithfulness needs (batch, n_classes) logits; the model outputs shape "
-            f"{tuple(plain.shape)}."
-        )
-    with_res = ex.outputs(samples, residual=True)
-    only = ex.outputs(samples, residual=False)
+    samples = ex._samples(samples)
+    # three passes over the inputs (the model, with and without the residual): one bar
+    bar = ex._bar(3 * len(samples), "faithfulness")
+    try:
+        plain = ex._outputs(samples, None, residual=ex.residual, splice=False, bar=bar)
+        if plain.ndim != 2:
+            raise ValueError(
+                f"faithfulness needs (batch, n_classes) logits; the model outputs shape "
+                f"{tuple(plain.shape)}."
+            )
+        with_res = ex._outputs(samples, None, residual=True, splice=True, bar=bar)
+        only = ex._outputs(samples, None, residual=False, splice=True, bar=bar)
+    finally:
+        bar.close()
     out = Faithfulness(
         n_inputs=len(samples),
         kl_residual=float(_kl(plain, with_res).mean()),

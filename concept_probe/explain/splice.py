@@ -706,6 +706,10 @@ class ConceptExplainer:
         res = self.residual if residual is None else bool(residual)
         if codes is not None and len(codes) != len(idx):
             raise ValueError(f"codes has {len(codes)} entries for {len(idx)} samples.")
+        return self._outputs(idx, codes, residual=res, splice=splice)
+
+    def _outputs(self, idx, codes, *, residual: bool, splice: bool, bar=None) -> torch.Tensor:
+        """:meth:`outputs` of checked sample indices; ``bar`` (tqdm) counts the inputs run."""
         outs = []
         for s in range(0, len(idx), self.batch_size):
             chunk = idx[s : s + self.batch_size]
@@ -715,9 +719,11 @@ class ConceptExplainer:
                 c = c if c is not None else self._default_codes(chunk)
             outs.append(
                 self._forward(
-                    chunk, c, residual=res, reduce=lambda o: model_logits(o).detach().cpu()
+                    chunk, c, residual=residual, reduce=lambda o: model_logits(o).detach().cpu()
                 )
             )
+            if bar is not None:
+                bar.update(len(chunk))
         return torch.cat(outs)
 
     def evaluate_masks(

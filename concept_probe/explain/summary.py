@@ -84,14 +84,20 @@ class ClassExplanations:
 
 
 def image_inputs(
-    model, images: Any, *, transform=None, batch_size: int = 64, on_error: str = "raise"
+    model,
+    images: Any,
+    *,
+    transform=None,
+    batch_size: int = 64,
+    on_error: str = "raise",
+    progress: bool = False,
 ) -> torch.Tensor:
     """Model inputs from anything ``extract_image_activations`` reads, as one tensor.
 
     The same preprocessing as extraction (the model's own timm transform, or ``transform``),
     so that the explainer's inputs reproduce the extracted activations. Pass
     ``on_error='skip'`` when the extraction skipped unreadable files, so the inputs line up
-    with its samples.
+    with its samples. ``progress``: a progress bar (tqdm, on stderr) over the images read.
 
     Returns
     -------
@@ -103,12 +109,24 @@ def image_inputs(
     dataset_transform = getattr(images, "transform", None) if kind.startswith("dataset") else None
     pre = decide_preprocessing(model, kind, transform, None, dataset_transform)
     source, _ = make_source(images, kind, first, pre, model, False, on_error)
-    return torch.cat([x for x, _, _ in source.batches(0, batch_size)])
+    from tqdm import tqdm
+
+    xs = []
+    bar = tqdm(total=source.n, desc="inputs", unit="image", disable=not progress, leave=False)
+    with bar:
+        for x, _, _ in source.batches(0, batch_size):
+            xs.append(x)
+            bar.update(len(x))
+    return torch.cat(xs)
 
 
 def _predictions(ex) -> torch.Tensor:
     """The model's top-1 class per input; refuses outputs that are not class logits."""
-    logits = ex.outputs(splice=False)
+    bar = ex._bar(ex.n_samples, "predictions")  # every input: minutes for a large model
+    try:
+        logits = ex._outputs(list(range(ex.n_samples)), None, residual=False, splice=False, bar=bar)
+    finally:
+        bar.close()
     if logits.ndim != 2:
         raise ValueError(
             f"explaining classes needs a classifier's (batch, n_classes) logits; this model "
