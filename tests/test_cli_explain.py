@@ -35,21 +35,24 @@ def demo_fit(tmp_path_factory):
     return root
 
 
+def _explain_demo(capsys, demo_fit, out, *flags):
+    """``concept-probe explain`` of the demo's activations and fit into OUT, quietly."""
+    return _cli(
+        capsys, "explain", demo_fit / "a.cp", demo_fit / "fit", *flags, "--out", out, "--quiet"
+    )
+
+
 def test_explain_stage_on_the_demo_writes_the_section(demo_fit, tmp_path, capsys):
-    code, out, err = _cli(
+    code, out, err = _explain_demo(
         capsys,
-        "explain",
-        demo_fit / "a.cp",
-        demo_fit / "fit",
+        demo_fit,
+        tmp_path / "r",
         "--explain",
         "red solid circle",
         "--explain",
         "5",
         "--top",
         "2",
-        "--out",
-        tmp_path / "r",
-        "--quiet",
     )
     assert code == 0, err
     assert "Explained 2 classes with gradient importance" in out
@@ -66,31 +69,11 @@ def test_explain_stage_on_the_demo_writes_the_section(demo_fit, tmp_path, capsys
 
 
 def test_explain_stage_refusals(demo_fit, tmp_path, capsys):
-    code, _, err = _cli(
-        capsys,
-        "explain",
-        demo_fit / "a.cp",
-        demo_fit / "fit",
-        "--explain",
-        "red solid circel",
-        "--out",
-        tmp_path / "r",
-        "--quiet",
-    )
+    code, _, err = _explain_demo(capsys, demo_fit, tmp_path / "r", "--explain", "red solid circel")
     one_line_error(
         code, err, "unknown class name 'red solid circel'", "'red solid circle'", notes=False
     )
-    code, _, err = _cli(
-        capsys,
-        "explain",
-        demo_fit / "a.cp",
-        demo_fit / "fit",
-        "--explain",
-        "99",
-        "--out",
-        tmp_path / "r",
-        "--quiet",
-    )
+    code, _, err = _explain_demo(capsys, demo_fit, tmp_path / "r", "--explain", "99")
     one_line_error(code, err, "target class 99 is out of range", notes=False)
     # a fit made on other activations (another layer) is refused
     assert (
