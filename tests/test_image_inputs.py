@@ -316,6 +316,63 @@ def test_skip_refuses_when_nothing_is_readable_and_for_non_file_inputs(tmp_path)
         seen(tmp_path, on_error="ignore")
 
 
+def test_resuming_with_another_on_error_keeps_rows_or_is_refused_naming_it(tmp_path, monkeypatch):
+    """on_error is no part of the fingerprint: with the same files kept it gives the same rows,
+    so a resume with the other value goes on; when it keeps other files, the refusal names it."""
+    from concept_probe.errors import ExtractionMismatchError
+
+    monkeypatch.setattr("concept_probe.extraction._engine.SHARD_BYTES", 1)  # a shard a batch
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(5):
+        solid((40 * i, 255 - 40 * i, 7 * i)).save(folder / f"{i}.png")
+    calls = []
+    net = nn.Sequential(nn.Identity())
+
+    def interrupt_third(module, args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    def extract(on_error, out):
+        return extract_image_activations(
+            net, "0", folder, transform=to_tensor, batch_size=1, progress=False,
+            on_error=on_error, out=out,
+        )  # fmt: skip
+
+    whole = extract("raise", tmp_path / "whole.cp")
+    handle = net.register_forward_pre_hook(interrupt_third)
+    with pytest.raises(KeyboardInterrupt):
+        extract("raise", tmp_path / "acts.cp")
+    handle.remove()
+    calls.clear()
+    counter = net.register_forward_pre_hook(lambda m, a: calls.append(1))
+    resumed = extract("skip", tmp_path / "acts.cp")  # no file unreadable: the same 5 kept
+    counter.remove()
+    assert len(calls) == 3  # images 2, 3 and 4 only
+    assert torch.equal(resumed.A, whole.A) and resumed.sample_ids == whole.sample_ids
+    assert resumed.meta == whole.meta and "skipped" not in resumed.meta
+
+    # a file that fails only when decoded: kept by 'raise' (which stops there), left out by
+    # 'skip', so the inputs differ; the refusal says on_error changed them
+    (folder / "2b.png").write_bytes(truncated_png())
+    with pytest.raises(UnreadableImageError, match=r"2b\.png"):
+        extract("raise", tmp_path / "stopped.cp")
+    before = sorted(p.name for p in (tmp_path / "stopped.cp").iterdir())
+    assert "progress.json" in before  # images 0, 1 and 2 were kept
+    with pytest.warns(SkippedInputsWarning), pytest.raises(ExtractionMismatchError) as info:
+        extract("skip", tmp_path / "stopped.cp")
+    assert info.value.differs == ["data", "n_samples", "on_error"] and not info.value.complete
+    assert "(differs in: data, n_samples, on_error), so it cannot be resumed" in str(info.value)
+    assert sorted(p.name for p in (tmp_path / "stopped.cp").iterdir()) == before
+    # and the other way: a finished 'skip' run is not reused by 'raise', which keeps the file
+    with pytest.warns(SkippedInputsWarning):
+        extract("skip", tmp_path / "skipped.cp")
+    with pytest.raises(ExtractionMismatchError) as info:
+        extract("raise", tmp_path / "skipped.cp")
+    assert info.value.differs == ["data", "n_samples", "on_error"] and info.value.complete
+
+
 def test_report_line_lists_the_skipped_inputs():
     from concept_probe.visualization.report import _input_lines
 

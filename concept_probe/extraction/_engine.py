@@ -307,6 +307,8 @@ class Plan:
     expected_rows: Callable[[str], int | None]  # after the first batch, for preallocation
     meta: dict  # shared metadata (model, mode, transform, ...)
     fingerprint: dict  # everything that determines the rows, except the layer
+    # Settings named when a resume is refused, if they differ too (see ShardStore's context)
+    context: dict = field(default_factory=dict)
     label_names: list[str] | None = None
     progress: bool = True
     unit: str = "img"
@@ -504,7 +506,9 @@ def _build(
 
 def _run_disk(plan: Plan, paths: dict[str, Path]) -> dict[str, Activations]:
     stores = {
-        name: _storage.ShardStore(paths[name], dict(plan.fingerprint, layer=name), plan.n_samples)
+        name: _storage.ShardStore(
+            paths[name], dict(plan.fingerprint, layer=name), plan.n_samples, context=plan.context
+        )
         for name in plan.layers
     }
     status = {name: s.status() for name, s in stores.items()}

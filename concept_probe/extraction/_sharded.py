@@ -137,7 +137,7 @@ def run_disk(plan: Plan, out: Path, single: bool, comm: Comm):
             # it. A partial one (progress file, no manifest) is checked against the sharded
             # fingerprint below.
             done = (paths[name] / _storage.MANIFEST).is_file()
-            store = _storage.ShardStore(paths[name], fp[name], plan.n_samples)
+            store = _storage.ShardStore(paths[name], fp[name], plan.n_samples, context=plan.context)
             if not done or store.status() != "complete":
                 todo.append(name)
     except (ValueError, OSError) as exc:
@@ -148,7 +148,9 @@ def run_disk(plan: Plan, out: Path, single: bool, comm: Comm):
         if rank == 0:
             try:
                 for n in todo:  # marks out/ as a partial extraction (loading it says: resume)
-                    store = _storage.ShardStore(paths[n], parent[n], plan.n_samples)
+                    store = _storage.ShardStore(
+                        paths[n], parent[n], plan.n_samples, context=plan.context
+                    )
                     store.status()
                     store.start()
             except (ValueError, OSError) as exc:
@@ -160,6 +162,7 @@ def run_disk(plan: Plan, out: Path, single: bool, comm: Comm):
                 dict(parent[n], rank=rank, samples=[lo, hi]),
                 hi - lo,
                 first_sample=lo,
+                context=plan.context,
             )
             for n in todo
         }
@@ -318,6 +321,7 @@ def _write_manifest(plan, root, fingerprint, world, every, layout) -> None:
     manifest = dict(
         header, format=_storage.FORMAT, version=_storage.VERSION, fingerprint=fingerprint
     )
+    manifest["context"] = plan.context  # as a one-process run's manifest records it
     manifest["files"] = {"arrays": entries, "strings": s_entry}
     atomic_write_json(tmp / _storage.MANIFEST, seal(manifest))
     for file in tmp.iterdir():

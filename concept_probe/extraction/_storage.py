@@ -334,6 +334,11 @@ class ShardStore:
     first_sample : int
         Global index of the first sample this store holds (a rank's share of a sharded
         extraction starts past 0; shards record global sample ranges).
+    context : dict, optional
+        Settings that do not determine the rows by themselves but may change which inputs
+        there are (``on_error``: which unreadable files are left out). Saved beside the
+        fingerprint and never compared on their own: when the fingerprint differs, those that
+        differ too are named in the refusal (the inputs changed because of them).
 
     Notes
     -----
@@ -345,10 +350,18 @@ class ShardStore:
     batches of every session of a resumed run, not only the last one's.
     """
 
-    def __init__(self, path: Path, fingerprint: dict, n_samples: int | None, first_sample: int = 0):
+    def __init__(
+        self,
+        path: Path,
+        fingerprint: dict,
+        n_samples: int | None,
+        first_sample: int = 0,
+        context: dict | None = None,
+    ):
         self.path = Path(path)
         self.first_sample = int(first_sample)
         self.fingerprint = fingerprint
+        self.context = dict(context or {})
         self.n_samples = n_samples
         self.shards: list[dict] = []
         self.extra: dict = {}
@@ -375,11 +388,11 @@ class ShardStore:
             raise FileExistsError(f"out={str(p)!r} is a file; out= must name a folder.")
         if (p / MANIFEST).is_file():
             man = _read_json(p / MANIFEST, p)
-            self._check_fingerprint(man.get("fingerprint"), complete=True)
+            self._check_fingerprint(man.get("fingerprint"), True, man.get("context"))
             return "complete"
         if (p / PROGRESS).is_file():
             state = _read_json(p / PROGRESS, p)
-            self._check_fingerprint(state.get("fingerprint"), complete=False)
+            self._check_fingerprint(state.get("fingerprint"), False, state.get("context"))
             shards = state.get("shards", [])
             # Keep the longest prefix of listed shards whose files are intact.
             kept = []
@@ -400,13 +413,17 @@ class ShardStore:
             )
         return "new"
 
-    def _check_fingerprint(self, found: dict | None, complete: bool) -> None:
+    def _check_fingerprint(
+        self, found: dict | None, complete: bool, context: dict | None = None
+    ) -> None:
         if found == self.fingerprint:
             return
         found = found or {}
         diff = sorted(
             k for k in set(found) | set(self.fingerprint) if found.get(k) != self.fingerprint.get(k)
         )
+        if context is not None:  # None: written before the context was kept
+            diff += sorted(k for k in self.context if context.get(k) != self.context[k])
         what = "a finished" if complete else "an interrupted"
         raise ExtractionMismatchError(
             f"out={str(self.path)!r} holds {what} extraction made with different settings "
@@ -434,6 +451,7 @@ class ShardStore:
                     "version": VERSION,
                     "status": "partial",
                     "fingerprint": self.fingerprint,
+                    "context": self.context,
                     "n_samples": self.n_samples,
                     "n_samples_done": self.n_samples_done,
                     "shards": self.shards,
@@ -511,6 +529,7 @@ class ShardStore:
             entries[name] = _entry(final, name, (shape0, *tail), dtype)
         s_entry = _save_strings(root / STRINGS, strings)
         manifest = dict(header, format=FORMAT, version=VERSION, fingerprint=self.fingerprint)
+        manifest["context"] = self.context
         manifest["files"] = {"arrays": entries, "strings": s_entry}
         atomic_write_json(root / MANIFEST, seal(manifest))
         # The manifest is in place: the shards and the progress file are no longer needed.

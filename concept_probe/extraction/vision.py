@@ -322,6 +322,9 @@ def extract_image_activations(
         expected_rows=lambda name: rows.expected_rows(name, source.n),
         meta=meta,
         fingerprint=fingerprint,
+        # on_error is not in the fingerprint: with the same files kept (the data fingerprint
+        # covers the kept ones) it gives the same rows; when it keeps other files it is named
+        context={"on_error": on_error},
         label_names=source.label_names,
         progress=progress,
         unit="img",
