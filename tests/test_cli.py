@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -363,7 +364,18 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, photo_folder, resn
         one_line_error(code, err, needle, notes=False)
 
 
-def test_console_script_exit_code_and_help():
+def test_console_script_exit_code_and_help(capsys, monkeypatch):
+    # fit --help says in one line how to run the distributed fit, as the guide does
+    monkeypatch.setenv("COLUMNS", "60")  # a narrow terminal does not break the line
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--help"])
+    assert exit_.value.code == 0
+    line = "torchrun --nproc_per_node N -m concept_probe fit ACTS --out FIT"
+    assert [ln.strip() for ln in capsys.readouterr().out.splitlines()].count(line) == 1
+    guide = (REPO / "docs" / "guides" / "distributed.md").read_text()
+    shape = line.replace("N", r"\d+").replace("ACTS", r"\S+").replace("FIT", r"\S+")
+    assert re.search(rf"^{shape}", guide, re.M), "the guide's command differs from fit --help"
+
     exe = Path(sys.executable).parent / "concept-probe"
     if not exe.exists():
         pytest.skip("concept-probe console script not installed in this environment")

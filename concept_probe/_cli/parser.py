@@ -24,6 +24,10 @@ _EPILOG = """examples:
 """
 
 
+#: how to run the fit on several processes, as ``fit --help`` says it (one line)
+DISTRIBUTED_FIT = "torchrun --nproc_per_node N -m concept_probe fit ACTS --out FIT"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit code 2 (argparse prints usage too)
         raise UsageError(f"{message} (see '{self.prog} --help')")
@@ -205,8 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit = sub.add_parser(
         "fit",
         help="fit ConvexNMF on saved activations",
-        description="Fit ConvexNMF on saved activations; writes the estimator "
+        description="Fit ConvexNMF on saved activations; writes the estimator\n"
         "(concepts.safetensors) and the codes (codes.safetensors) to --out.",
+        epilog="distributed fit over N processes (docs/guides/distributed.md):\n"
+        f"  {DISTRIBUTED_FIT}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     fit.add_argument("activations", type=Path, help="file written by 'concept-probe extract'")
     _add_fit_args(fit)
