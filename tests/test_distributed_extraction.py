@@ -122,3 +122,35 @@ def test_torchrun_extract_cli_equals_one_process(tmp_path):
     )
     assert one.returncode == 0, one.stderr
     _same_folder(tmp_path / "sharded.cp", tmp_path / "single.cp")
+
+
+def test_torchrun_extract_of_image_files_has_one_process_metadata(tmp_path):
+    """The accuracy and the image-size summary (medians included) of a sharded extraction are
+    those of one process: counted from every rank's batches, not merged from the ranks'."""
+    from PIL import Image
+
+    from concept_probe import zoo
+
+    folder = tmp_path / "images"
+    widths = [64, 20, 48, 24, 96, 16, 40, 28, 72, 18, 56, 30]  # medians differ between shares
+    for i, img in enumerate(zoo.make_shapes(12, seed=5).images):
+        (folder / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        im = Image.fromarray(img.numpy()).resize((widths[i], widths[i] + i % 3))
+        im.save(folder / "ab"[i % 2] / f"s{i:02d}.png")
+    argv = ["extract", "--model", "concept_probe.zoo:load_demo_model", "--layer", "layer3"]
+    argv += ["--images", str(folder), "--batch-size", "2", "--quiet", "--out"]
+    res = torchrun(2, *argv, tmp_path / "sharded.cp", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    one = subprocess.run(
+        [sys.executable, "-m", "concept_probe", *argv, str(tmp_path / "one.cp")],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
+    assert one.returncode == 0, one.stderr
+    meta = Activations.load(tmp_path / "one.cp").meta
+    assert meta["image_sizes"]["median_size"] == [36, 35] and meta["image_sizes"]["n_images"] == 12
+    assert meta["predictions"]["n_labelled"] == 12
+    _same_folder(tmp_path / "sharded.cp", tmp_path / "one.cp")
