@@ -247,3 +247,34 @@ def test_killed_extract_resumes_with_the_whole_runs_metadata(
     for key in ("predictions", "image_sizes", "skipped"):
         assert resumed[key] == whole[key], key
     assert resumed == whole
+
+
+def test_a_resume_that_skip_unreadable_would_change_is_refused_naming_the_flag(
+    shapes_folder, tmp_path, capsys, monkeypatch
+):
+    """Without --skip-unreadable the run stops at a file that fails only when decoded and
+    keeps the inputs before it; with the flag that file is left out, so the inputs differ and
+    the resume is refused in flags, the partial folder left as it was."""
+    import io
+    import shutil
+
+    folder = tmp_path / "images"
+    shutil.copytree(shapes_folder, folder)
+    b = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(b, "PNG")  # noise: the file is far longer than 300 bytes
+    (folder / "s03b.png").write_bytes(b.getvalue()[:300])  # the header reads, the pixels do not
+    monkeypatch.setattr("concept_probe.extraction._engine.SHARD_BYTES", 1)  # a shard a batch
+    out = tmp_path / "acts.cp"
+    argv = ["extract", *DEMO_MODEL, "--images", folder, "--batch-size", "1", "--quiet"]
+    code, _, err = _cli(capsys, *argv, "--out", out)
+    assert "s03b.png" in _error(code, err)
+    assert _shards_done(out) == 4  # s00-s03 kept, the run stopped at s03b
+    before = sorted(p.name for p in out.iterdir())
+    code, _, err = _cli(capsys, *argv, "--skip-unreadable", "--out", out)
+    # the skip is announced (it is what changed the inputs), then the one error line
+    skip_note = next(x for x in err.splitlines() if x.startswith("warning: skipped 1 "))
+    assert "s03b.png" in skip_note
+    line = _error(code, err.replace(skip_note, ""))
+    assert "--skip-unreadable changed), so it cannot be resumed" in line, line
+    assert sorted(p.name for p in out.iterdir()) == before

@@ -121,6 +121,7 @@ _FINGERPRINT_FLAGS = {
     "max_length": "--max-length",
     "tokenizer": "the tokenizer (--model)",
     "vocab_size": "the tokenizer (--model)",
+    "on_error": "--skip-unreadable",
 }
 
 
