@@ -130,12 +130,20 @@ def _check_shards(folder: Path, man: dict) -> list[dict]:
 
 
 def _read_shards(
-    folder: Path, shards: list[dict], start: int, stop: int, k: int, keep: bool = True
+    folder: Path,
+    shards: list[dict],
+    start: int,
+    stop: int,
+    k: int,
+    keep: bool = True,
+    with_w: bool = True,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Rows ``[start, stop)`` of Z and columns of W from the shards that hold them.
 
     Each shard is checked (present, its own header's rows, shapes) and sliced to the range;
-    with ``keep=False`` nothing is kept (``verify``: one shard in memory at a time).
+    with ``keep=False`` nothing is kept (``verify``: one shard in memory at a time). With
+    ``with_w=False`` (a Semi-NMF fit: no convex weights) the shards hold Z alone and no W
+    is returned.
     """
     Zs, Ws = [], []
     for e in shards:
@@ -155,16 +163,19 @@ def _read_shards(
                 f"rows [{a}, {b}). Save the fit again."
             )
         Z, W = tensors.get("Z"), tensors.get("W")
-        if Z is None or W is None or tuple(Z.shape) != (b - a, k) or tuple(W.shape) != (k, b - a):
+        bad_w = (W is None or tuple(W.shape) != (k, b - a)) if with_w else W is not None
+        if Z is None or tuple(Z.shape) != (b - a, k) or bad_w:
             shapes = {key: tuple(t.shape) for key, t in tensors.items()}
+            want = f" and W ({k}, {b - a})" if with_w else " alone (a Semi-NMF fit has no W)"
             raise CorruptFileError(
-                f"{path} is corrupt: a shard of rows [{a}, {b}) must hold Z ({b - a}, {k}) and "
-                f"W ({k}, {b - a}); it holds {shapes}. Save the fit again."
+                f"{path} is corrupt: a shard of rows [{a}, {b}) must hold Z ({b - a}, {k})"
+                f"{want}; it holds {shapes}. Save the fit again."
             )
         if keep:
             lo, hi = max(a, start) - a, min(b, stop) - a
             Zs.append(Z[lo:hi])
-            Ws.append(W[:, lo:hi])
+            if with_w:
+                Ws.append(W[:, lo:hi])
     return Zs, Ws
 
 

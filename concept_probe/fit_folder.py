@@ -275,16 +275,33 @@ def save_fit(
     return folder
 
 
+def _has_convex_weights(estimator) -> bool:
+    """Whether ``estimator.W`` holds convex weights (k x rows); Semi-NMF's stays empty."""
+    W = getattr(estimator, "W", None)
+    k = getattr(estimator, "nb_concepts", None)
+    return W is not None and W.ndim == 2 and k is not None and W.shape[0] == int(k) > 0
+
+
 def _check_whole(estimator) -> None:
-    """Refuse to save one rank's columns of ``W`` as if they were the whole fit."""
+    """Refuse to save one rank's columns of ``W`` (or rows) as if they were the whole fit."""
     W, n = getattr(estimator, "W", None), getattr(estimator, "n_samples_fit_", None)
     ranks = getattr(estimator, "n_ranks_", None) or 1
-    if ranks > 1 and W is not None and W.ndim == 2 and n is not None and W.shape[1] != n:
-        start, stop = estimator.row_range_ or (0, W.shape[1])
+    if ranks <= 1 or n is None:
+        return
+    name, fix = type(estimator).__name__, "call save_fit(..., distributed=True) on every rank"
+    if _has_convex_weights(estimator):
+        if W.shape[1] != n:
+            start, stop = estimator.row_range_ or (0, W.shape[1])
+            raise ValueError(
+                f"this {name} holds the columns of W for rows [{start}, {stop}) of the {n} it "
+                f"was fitted on ({ranks} ranks): {fix} to save the fit sharded."
+            )
+        return
+    rr = getattr(estimator, "row_range_", None)
+    if rr is not None and list(rr) != [0, n]:  # no W (Semi-NMF): its Z is one rank's rows
         raise ValueError(
-            f"this {type(estimator).__name__} holds the columns of W for rows [{start}, {stop}) "
-            f"of the {n} it was fitted on ({ranks} ranks): call save_fit(..., "
-            f"distributed=True) on every rank to save the fit sharded."
+            f"this {name} holds rows [{rr[0]}, {rr[1]}) of the {n} it was fitted on ({ranks} "
+            f"ranks): {fix} with that rank's Z to save the fit sharded."
         )
 
 
@@ -300,6 +317,7 @@ def _save_sharded(folder: Path, estimator, Z, acts, comm) -> Path:
     from ._io import save_tensors_atomic
 
     k = int(estimator.nb_concepts)
+    convex = _has_convex_weights(estimator)
     tmp, n_local, tmp_id, error = None, 0, [0, 0], None
     agreed = False
     final_error = None
@@ -307,17 +325,22 @@ def _save_sharded(folder: Path, estimator, Z, acts, comm) -> Path:
         with ExitStack() as stack:
             try:
                 Zl = torch.as_tensor(Z).detach().cpu()
-                W = getattr(estimator, "W", None)
-                if W is None or getattr(estimator, "D", None) is None:
+                W, D = getattr(estimator, "W", None), getattr(estimator, "D", None)
+                if W is None or D is None or not D.numel():
                     raise ValueError(
                         f"this {type(estimator).__name__} is not fitted: fit it before save_fit."
                     )
-                W = W.detach().cpu()
-                n_local = int(W.shape[1])
+                if convex:
+                    W = W.detach().cpu()
+                    n_local, held = int(W.shape[1]), "its columns of W"
+                else:  # Semi-NMF: no convex weights, the shard holds Z alone
+                    W, rr = None, getattr(estimator, "row_range_", None)
+                    n_local = int(rr[1] - rr[0]) if rr is not None else int(Zl.shape[0])
+                    held = f"its rows {list(rr)} of the fit" if rr is not None else "Z"
                 if Zl.ndim != 2 or Zl.shape != (n_local, k):
                     raise ValueError(
                         f"Z must have shape ({n_local}, {k}) (this rank's rows x concepts, as "
-                        f"its columns of W); got {tuple(Zl.shape)}."
+                        f"{held}); got {tuple(Zl.shape)}."
                     )
                 if comm.rank == 0:
                     _check_destination(folder)
@@ -362,7 +385,7 @@ def _save_sharded(folder: Path, estimator, Z, acts, comm) -> Path:
                         )
                 shard = {"rank": comm.rank, "world": comm.world, "rows": [start, stop]}
                 save_tensors_atomic(
-                    {"Z": Zl, "W": W},
+                    {"Z": Zl} if W is None else {"Z": Zl, "W": W},
                     tmp / name,
                     metadata={_SHARD_KEY: json.dumps(shard)},
                 )
@@ -403,6 +426,8 @@ def _save_sharded(folder: Path, estimator, Z, acts, comm) -> Path:
                             "activations": fingerprint,
                             "estimator_class": type(estimator).__name__,
                             "nb_concepts": k,
+                            # False for Semi-NMF: its shards hold Z alone (no W)
+                            "convex_weights": convex,
                         }
                     ),
                 )
@@ -508,7 +533,8 @@ def verify(path: str | os.PathLike) -> Path:
 
             est = DictionaryEstimator.load(path / manifest["files"]["estimator"], device="cpu")
             n = manifest["n_rows"]
-            _read_shards(path, manifest["shards"], 0, n, int(est.nb_concepts), keep=False)
+            k, with_w = int(est.nb_concepts), manifest.get("convex_weights", True) is not False
+            _read_shards(path, manifest["shards"], 0, n, k, keep=False, with_w=with_w)
             return path
         load_fit(path)
         return path
@@ -594,11 +620,13 @@ def load_fit(
         _verify_checksums(folder, man, only)
         estimator = DictionaryEstimator.load(paths["estimator"], device=device)
         k = int(estimator.nb_concepts)
-        Zs, Ws = _read_shards(folder, needed, start, stop, k)
+        with_w = man.get("convex_weights", True) is not False
+        Zs, Ws = _read_shards(folder, needed, start, stop, k, with_w=with_w)
         dtype = estimator.D.dtype
         Z = torch.cat(Zs) if Zs else torch.zeros((0, k), dtype=dtype)
-        W = torch.cat(Ws, dim=1) if Ws else torch.zeros((k, 0), dtype=dtype)
-        estimator.W = W.to(estimator.D.device, copy=True)
+        if with_w:  # Semi-NMF keeps its empty W
+            W = torch.cat(Ws, dim=1) if Ws else torch.zeros((k, 0), dtype=dtype)
+            estimator.W = W.to(estimator.D.device, copy=True)
         estimator.row_range_ = [start, stop]
         fingerprint = man.get("activations") or {}
     else:

@@ -26,6 +26,7 @@ from _dist_helpers import init_group, save_result
 from concept_probe import (
     Activations,
     ConvexNMF,
+    SemiNMF,
     concept_prototypes,
     load_fit,
     save_fit,
@@ -132,11 +133,29 @@ def scenario_sharded_fit(rank: int, world: int, out: str) -> dict:
     return res
 
 
+def scenario_semi_nmf(rank: int, world: int, out: str) -> dict:
+    """A Semi-NMF fit (no convex weights: W stays empty) saved sharded and read back."""
+    acts = Activations.load(os.environ["CP_TEST_ACTS"], mmap=True)
+    start = sum(FIT_SPLITS[world][:rank])
+    rows = slice(start, start + FIT_SPLITS[world][rank])
+    semi = SemiNMF(FIT["nb_concepts"], seed=0, tol=0, distributed=True)
+    Z, _ = semi.fit(acts.A[rows], max_iter=5)
+    res = {"Z": Z, "D": semi.D}
+    folder = os.path.join(out, "semi")
+    res["save"] = _outcome(lambda: save_fit(folder, semi, Z, acts, distributed=True))
+    dist.barrier()
+    res["back"] = _outcome(lambda: res.update(mine=load_fit(folder, rank=rank).Z))
+    mine = Activations(acts.A[rows].clone(), torch.arange(rows.start, rows.stop), kind="pooled")
+    res["unsharded"] = _outcome(lambda: save_fit(os.path.join(out, "semi-x"), semi, Z, mine))
+    return res
+
+
 def main() -> None:
     rank, world, port, out = sys.argv[1:5]
     rank, world = int(rank), int(world)
     init_group(rank, world, port, 60)
     res = {"ranking": scenario_ranking(rank, world), "fit": scenario_sharded_fit(rank, world, out)}
+    res["semi"] = scenario_semi_nmf(rank, world, out)
     save_result(out, rank, res)
     dist.destroy_process_group()
 

@@ -289,8 +289,30 @@ def test_a_save_that_fails_on_one_rank_fails_on_every_rank_and_leaves_nothing(gr
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith("rank")) == [
         "fit",
         "other",
-    ]  # no 'bad', 'x', 'shard-fails' or 'manifest-fails', and no temporaries
+        "semi",
+    ]  # no 'bad', 'x', 'semi-x', 'shard-fails' or 'manifest-fails', and no temporaries
     assert [p.name for p in (out / "other").iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_a_semi_nmf_fit_is_saved_sharded_and_read_back(groups, world):
+    # Semi-NMF has no convex weights (W stays empty): the shards hold Z alone.
+    root, results = groups
+    folder = root / f"world{world}" / "semi"
+    for res in results[world]:
+        assert res["semi"]["save"] == "no error", res["semi"]["save"]
+        assert res["semi"]["back"] == "no error", res["semi"]["back"]
+        assert torch.equal(res["semi"]["mine"], res["semi"]["Z"])
+        assert res["semi"]["unsharded"].startswith("ValueError: this SemiNMF holds rows ")
+        assert "distributed=True) on every rank" in res["semi"]["unsharded"]
+    assert verify(folder) == folder
+    acts = Activations.load(root / "acts.cp")
+    back = load_fit(folder, acts)
+    assert type(back.estimator).__name__ == "SemiNMF" and back.estimator.W.numel() == 0
+    assert torch.equal(back.Z, torch.cat([r["semi"]["Z"] for r in results[world]]))
+    assert torch.equal(back.estimator.D, results[world][0]["semi"]["D"])
+    across = load_fit(folder, rows=(120, 160))
+    assert torch.equal(across.Z, back.Z[120:160]) and across.estimator.W.numel() == 0
 
 
 # ------------------------------------------------------------ damaged sharded folders refused
