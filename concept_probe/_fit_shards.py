@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ._checks import is_int
 from ._io import load_tensors
 from .errors import CorruptFileError, DistributedError
 
@@ -195,19 +196,19 @@ def _wanted_rows(folder: Path, n: int, shards: list[dict], rank, rows) -> tuple[
         raise ValueError("give load_fit rank= or rows=, not both.")
     if rank is not None:
         ranks = sorted(e.get("rank", i) for i, e in enumerate(shards))
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank not in ranks:
+        if not is_int(rank) or int(rank) not in ranks:
             raise ValueError(
                 f"rank must be one of the fit's ranks 0..{len(shards) - 1} ({folder} holds "
                 f"{len(shards)} shard(s)); got {rank!r}."
             )
-        entry = next(e for i, e in enumerate(shards) if e.get("rank", i) == rank)
-        return tuple(entry["rows"])
+        entry = next(e for i, e in enumerate(shards) if e.get("rank", i) == int(rank))
+        return int(entry["rows"][0]), int(entry["rows"][1])
     if rows is not None:
         ok = (
             isinstance(rows, (tuple, list))
             and len(rows) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in rows)
-            and 0 <= rows[0] <= rows[1] <= n
+            and all(is_int(v) for v in rows)
+            and 0 <= int(rows[0]) <= int(rows[1]) <= n
         )
         if not ok:
             raise ValueError(

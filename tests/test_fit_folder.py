@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -110,3 +111,15 @@ def test_folders_written_before_the_manifest_still_load(fitted, tmp_path):
     assert torch.equal(back.Z, Z) and back.manifest["version"] == 0
     with pytest.raises(FitMismatchError):
         cp.load_fit(folder, _acts(layer="layer4"))
+
+
+def test_rows_and_rank_take_numpy_integers(fitted, tmp_path):
+    # Row bounds often come from numpy (np.cumsum of shard sizes, np.searchsorted).
+    acts, nmf, Z = fitted
+    folder = cp.save_fit(tmp_path / "fit", nmf, Z, acts)
+    part = cp.load_fit(folder, rows=(np.int64(2), np.int64(9)))
+    assert part.rows == (2, 9) and type(part.rows[0]) is int
+    assert torch.equal(part.Z, Z[2:9]) and torch.equal(part.estimator.W, nmf.W[:, 2:9])
+    assert cp.load_fit(folder, rank=np.int32(0)).rows == (0, 40)
+    with pytest.raises(ValueError, match=r"rows must be \(start, stop\).*got \(True, 3\)"):
+        cp.load_fit(folder, rows=(True, 3))
