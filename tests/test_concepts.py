@@ -153,3 +153,12 @@ def test_numpy_integers_are_accepted(Z):
     assert idx.tolist() == cp.top_samples(Z, concept=2, k=3).indices.tolist()
     W = torch.rand(4, 10, generator=torch.Generator().manual_seed(1))
     assert cp.concept_prototypes(W, concept=np.int32(1), k=2).rows.numel() == 2
+
+
+def test_codes_with_no_concepts_rank_to_empty_tables():
+    # (rows, 0) codes: the threshold path of _top (k small against the rows) stacked an empty
+    # list and raised "stack expects a non-empty TensorList"; the full sort already worked.
+    for n in (10, 1000):
+        top = cp.top_samples(torch.zeros(n, 0), k=3)
+        assert top.indices.shape == (0, 3) and top.scores.shape == (0, 3)
+        assert top.indices.dtype == torch.int64

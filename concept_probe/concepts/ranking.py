@@ -113,9 +113,9 @@ def _top(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     row's ``k``-th largest value (ties at the threshold included) are sorted, in index
     order: the same result at a fraction of the cost of sorting every row in full.
     """
+    if values.ndim == 0 or k == 0 or 16 * k >= values.shape[-1] or not values.numel():
+        return _top_sorted(values, k)  # (an empty batch: nothing to stack below)
     n = values.shape[-1]
-    if values.ndim == 0 or k == 0 or 16 * k >= n:
-        return _top_sorted(values, k)
     flat = values.reshape(-1, n)
     kth = torch.topk(flat, k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
     if torch.isnan(kth).any():  # NaN ranks first in a sort; leave those rows to it
