@@ -150,12 +150,30 @@ def scenario_semi_nmf(rank: int, world: int, out: str) -> dict:
     return res
 
 
+def scenario_disagreement(rank: int, world: int) -> dict:
+    """Ranks that pass different fits, concepts or k: the same error on every rank."""
+    Z, W = ranking_data()
+    rows = slice(10 * rank, 10 * rank + 10)
+    fewer = slice(None) if rank else slice(0, N_CONCEPTS - 1)  # rank 0: one concept fewer
+    last = N_CONCEPTS - 1  # a concept rank 0 lacks
+    how = {"distributed": True}
+    return {
+        "fewer": _outcome(lambda: top_samples(Z[rows, fewer], concept=1, k=3, **how)),
+        "fewer-last": _outcome(lambda: top_samples(Z[rows, fewer], concept=last, k=3, **how)),
+        "concept": _outcome(lambda: top_samples(Z[rows], concept=rank, k=3, **how)),
+        "k": _outcome(lambda: top_samples(Z[rows], k=3 + rank, **how)),
+        "w-fewer": _outcome(lambda: concept_prototypes(W[fewer, rows], concept=last, k=3, **how)),
+        "w-concept": _outcome(lambda: concept_prototypes(W[:, rows], concept=rank, k=3, **how)),
+    }
+
+
 def main() -> None:
     rank, world, port, out = sys.argv[1:5]
     rank, world = int(rank), int(world)
     init_group(rank, world, port, 60)
     res = {"ranking": scenario_ranking(rank, world), "fit": scenario_sharded_fit(rank, world, out)}
     res["semi"] = scenario_semi_nmf(rank, world, out)
+    res["disagree"] = scenario_disagreement(rank, world)
     save_result(out, rank, res)
     dist.destroy_process_group()
 

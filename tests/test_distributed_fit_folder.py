@@ -80,6 +80,29 @@ def test_global_top_rows_equal_the_one_process_ranking_exactly(groups, world):
                     torch.testing.assert_close(got[key][2], expected[2], rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_that_disagree_on_the_fit_concept_or_k_all_raise_the_same_error(groups, world):
+    # One concept fewer on rank 0 used to pass unseen when concept= was given (the check
+    # compared the single column), a concept past rank 0's columns raised there alone while
+    # the others waited, and another concept or k per rank mixed or broke the gather.
+    _, results = groups
+    want = {
+        "fewer": f"the number of concepts (rank 0: {N_CONCEPTS - 1}, rank 1: {N_CONCEPTS}",
+        "fewer-last": f"the number of concepts (rank 0: {N_CONCEPTS - 1}, rank 1: {N_CONCEPTS}",
+        "concept": "the concept (-1: every concept) (rank 0: 0, rank 1: 1",
+        "k": "k (rank 0: 3, rank 1: 4",
+        "w-fewer": f"the number of concepts (rank 0: {N_CONCEPTS - 1}, rank 1: {N_CONCEPTS}",
+        "w-concept": "the concept (-1: every concept) (rank 0: 0, rank 1: 1",
+    }
+    for res in results[world]:
+        for key, text in want.items():
+            got = res["disagree"][key]
+            assert got.startswith("ValueError: ") and "the ranks disagree on " + text in got, (
+                key,
+                got,
+            )
+
+
 def test_the_test_data_has_ties_that_cross_rank_boundaries():
     # Without ties the merge could order equal values either way and still pass.
     Z, W = ranking_data()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._checks import check_index, check_positive_int
+from .._checks import check_index, check_positive_int, is_int
 
 __all__ = [
     "ConceptPrototypes",
@@ -147,26 +147,41 @@ def _comm(distributed: bool, process_group):
     return resolve_comm(True, process_group)
 
 
-def _top_global(values: torch.Tensor, k: int, comm, what: str):
-    """Top ``k`` along the last axis of ``(C, n_rank)`` shards, over every rank.
+def _agree_layout(comm, what: str, n_local: int, n_concepts: int, dtype, k: int, concept):
+    """Every rank's row count, once the ranks agree on the rest; the same error on every rank.
 
-    Returns ``(rows, values, n_total)``: ``rows`` are global row indices (rank order), the
-    same on every rank and equal to :func:`_top` of the concatenated shards, ties included.
+    Runs before anything a rank could refuse alone (an index past its concepts), so no rank
+    raises while the others wait in a collective.
     """
     from ..factorization._dist import _DTYPE_CODES
 
-    C, n_local = values.shape
+    asked = -1 if concept is None else int(concept)
     layout = comm.gather_ints(
-        [n_local, C, _DTYPE_CODES.get(values.dtype, 0)], what=f"{what}: shard layout"
+        [n_local, n_concepts, _DTYPE_CODES.get(dtype, 0), k, asked], what=f"{what}: shard layout"
     )
-    for col, label in ((1, "the number of concepts"), (2, "the dtype")):
+    for col, label in (
+        (1, "the number of concepts"),
+        (2, "the dtype"),
+        (3, "k"),
+        (4, "the concept (-1: every concept)"),
+    ):
         if len(set(layout[:, col].tolist())) > 1:
             per_rank = ", ".join(f"rank {r}: {v}" for r, v in enumerate(layout[:, col].tolist()))
             raise ValueError(
                 f"{what}: the ranks disagree on {label} ({per_rank}); every rank must pass its "
-                f"rows of the same fit."
+                f"rows of the same fit, with the same concept and k."
             )
-    sizes = layout[:, 0].tolist()
+    return layout[:, 0].tolist()
+
+
+def _top_global(values: torch.Tensor, k: int, comm, sizes: list[int], what: str):
+    """Top ``k`` along the last axis of ``(C, n_rank)`` shards, over every rank.
+
+    ``sizes`` are the ranks' row counts (:func:`_agree_layout`). Returns ``(rows, values,
+    n_total)``: ``rows`` are global row indices (rank order), the same on every rank and
+    equal to :func:`_top` of the concatenated shards, ties included.
+    """
+    C, n_local = values.shape
     n_total, offset = int(sum(sizes)), int(sum(sizes[: comm.rank]))
     k = min(k, n_total)
     if k == 0:  # no rows on any rank (every rank knows it): nothing to gather
@@ -249,10 +264,14 @@ def top_samples(
         )
     if comm is not None:
         Z = _as_codes(Z)
-        _check_concept(concept, Z.shape[1])
         k = check_positive_int(k, "k", fix="It is how many samples to return.")
+        if concept is not None and not is_int(concept):
+            _check_concept(concept, Z.shape[1])  # the type error, before any collective
+        what = "top_samples"
+        sizes = _agree_layout(comm, what, Z.shape[0], Z.shape[1], Z.dtype, k, concept)
+        _check_concept(concept, Z.shape[1])  # the same answer on every rank now
         values = Z.T.contiguous() if concept is None else Z[:, int(concept)].reshape(1, -1)
-        rows, scores, _ = _top_global(values, k, comm, "top_samples")
+        rows, scores, _ = _top_global(values, k, comm, sizes, what)
         if concept is not None:
             rows, scores = rows[0], scores[0]
         return TopSamples(rows, scores)
@@ -334,14 +353,16 @@ def concept_prototypes(
     ([1, 2], [0.6, 0.3])
     """
     W = _as_codes(W, "W")
-    _check_concept(concept, W.shape[0])
     comm = _comm(distributed, process_group)
+    if comm is None or not is_int(concept):
+        _check_concept(concept, W.shape[0])
     if comm is not None:
         k = check_positive_int(k, "k", fix="It is how many rows to return.")
+        what = "concept_prototypes"
+        sizes = _agree_layout(comm, what, W.shape[1], W.shape[0], W.dtype, k, concept)
+        _check_concept(concept, W.shape[0])  # the same answer on every rank now
         concept = int(concept)
-        rows, weights, n_total = _top_global(
-            W[concept].reshape(1, -1), k, comm, "concept_prototypes"
-        )
+        rows, weights, n_total = _top_global(W[concept].reshape(1, -1), k, comm, sizes, what)
         rows, weights = rows[0], weights[0]
         total = W[concept].sum().reshape(1).to(comm.device_for_backend())
         comm.sum_(total, what="concept_prototypes: total weight")
