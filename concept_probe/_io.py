@@ -191,7 +191,7 @@ def check_writable_output(path: str | os.PathLike, flag: str = "--out") -> Path:
     """Check, before any work, that an output folder can be created (or replaced) at ``path``.
 
     Refuses a ``path`` that is an existing file, a ``path`` below a file (its parent cannot be
-    created), and folders this process cannot write in: the nearest existing parent (where the
+    created), a ``path`` that is or runs through a broken symbolic link, and folders this process cannot write in: the nearest existing parent (where the
     folder, its lock and its temporaries go) and ``path`` itself when it exists (outputs are
     written inside it). Writability is tried, not guessed from permission bits: one empty
     hidden file is created and removed in each, so a read-only mount, an ACL or a full inode
@@ -213,6 +213,12 @@ def check_writable_output(path: str | os.PathLike, flag: str = "--out") -> Path:
             f"{flag} {path} is an existing file; give a folder (a new or empty one), or remove "
             f"the file."
         )
+    for p in (Path(os.path.abspath(path)), *Path(os.path.abspath(path)).parents):
+        if p.is_symlink() and not p.exists():  # not a free name: nothing can be made there
+            raise NotADirectoryError(
+                f"{flag} {path} cannot be created: {p} is a broken symbolic link (to "
+                f"{os.readlink(p)}); remove it, or point it at a folder."
+            )
     base = nearest_existing(path.parent if path.exists() else path)
     if not base.is_dir():
         raise NotADirectoryError(

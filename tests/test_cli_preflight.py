@@ -163,3 +163,21 @@ def test_too_little_disk_space_is_found_before_the_extraction(
         "but only 0.0 MB are free there; free some space, or choose --out on another disk."
     )
     assert opened == [] and not out.exists()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="symbolic links")
+def test_out_through_a_broken_symlink_is_refused_first(shapes_folder, tmp_path, capsys, opened):
+    # The pre-flight took a dangling link for a free name; the extraction then ran to the end
+    # and failed on the final rename ("Not a directory") or the folder creation ("File
+    # exists").
+    link = tmp_path / "gone"
+    link.symlink_to(tmp_path / "no-such-folder")
+    for out in (link, link / "sub"):
+        for command in (["extract"], ["run", *DEMO_MODEL, "--images", shapes_folder]):
+            code, _, err = _cli(capsys, *command, "--out", out, "--quiet")
+            assert _error(code, err) == (
+                f"--out {out} cannot be created: {link} is a broken symbolic link (to "
+                f"{tmp_path / 'no-such-folder'}); remove it, or point it at a folder."
+            )
+    assert opened == [] and link.is_symlink() and not link.exists()
+    _nothing_written(tmp_path, "gone")
