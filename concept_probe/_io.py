@@ -191,11 +191,12 @@ def check_writable_output(path: str | os.PathLike, flag: str = "--out") -> Path:
     """Check, before any work, that an output folder can be created (or replaced) at ``path``.
 
     Refuses a ``path`` that is an existing file, a ``path`` below a file (its parent cannot be
-    created), a ``path`` that is or runs through a broken symbolic link, and folders this process cannot write in: the nearest existing parent (where the
-    folder, its lock and its temporaries go) and ``path`` itself when it exists (outputs are
-    written inside it). Writability is tried, not guessed from permission bits: one empty
-    hidden file is created and removed in each, so a read-only mount, an ACL or a full inode
-    table are found too. Nothing else is written.
+    created), a ``path`` that is or runs through a broken symbolic link, and folders this
+    process cannot write in: the nearest existing parent (where the folder, its lock and its
+    temporaries go) and ``path`` itself when it exists (outputs are written inside it).
+    Writability is tried, not guessed from permission bits: one empty hidden file is created and
+    removed in each, so a read-only mount, an ACL or a full inode table are found too. Nothing
+    else is written.
 
     Returns
     -------
