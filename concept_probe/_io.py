@@ -311,6 +311,18 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     fsync_dir(path.parent)
 
 
+def follow_link(path: str | os.PathLike) -> Path:
+    """Where a folder written at ``path`` goes: a link to an existing folder is followed.
+
+    The link itself is kept (it points at the new folder, swapped in at its target), so an
+    ``out -> /big/disk/out`` link fills the disk it points to.
+    """
+    path = Path(path)
+    if path.is_symlink() and path.is_dir():
+        return Path(os.path.realpath(path))
+    return path
+
+
 @contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Write one folder atomically: yield an empty temporary folder, then swap it in.
@@ -324,14 +336,15 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     Parameters
     ----------
     path : str or PathLike
-        Destination folder; its parent is created if needed.
+        Destination folder; its parent is created if needed. A symbolic link to a folder is
+        followed (:func:`follow_link`).
 
     Yields
     ------
     Path
         The temporary folder, a sibling of ``path``.
     """
-    path = Path(path)
+    path = follow_link(path)  # a link to a folder: written where it points, the link kept
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is a file; give a folder to write.")
     path.parent.mkdir(parents=True, exist_ok=True)

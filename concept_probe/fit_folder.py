@@ -63,6 +63,7 @@ from ._io import (
     atomic_directory,
     check_format,
     check_sealed,
+    follow_link,
     load_tensors,
     seal,
     sha256_file,
@@ -377,7 +378,8 @@ def _save_sharded(folder: Path, estimator, Z, acts, comm) -> Path:
                 part = _fingerprint_sum(acts, n_local, offset, n_total)
                 if tmp is None:
                     pid, rand = table[0, 3].item(), table[0, 4].item()
-                    tmp = folder.parent / f".{folder.name}.tmp-{pid}-{rand:08x}"
+                    target = follow_link(folder)  # where rank 0's atomic_directory writes
+                    tmp = target.parent / f".{target.name}.tmp-{pid}-{rand:08x}"
                     if not tmp.is_dir():
                         raise FileNotFoundError(
                             f"rank {comm.rank} does not see rank 0's temporary folder {tmp}: "

@@ -130,6 +130,14 @@ def scenario_sharded_fit(rank: int, world: int, out: str) -> dict:
                 lambda key=key: save_fit(os.path.join(out, key), nmf, Z, acts, distributed=True)
             )
     dist.barrier()
+    # A link to a folder on another disk: every rank writes where it points.
+    if rank == 0:
+        os.makedirs(os.path.join(out, "disk", "fits"))
+        os.symlink(os.path.join(out, "disk", "fits"), os.path.join(out, "link"))
+    dist.barrier()
+    link = os.path.join(out, "link")
+    res["via-link"] = _outcome(lambda: save_fit(link, nmf, Z, acts, distributed=True))
+    dist.barrier()
     return res
 
 

@@ -310,7 +310,9 @@ def test_a_save_that_fails_on_one_rank_fails_on_every_rank_and_leaves_nothing(gr
                 ), fit[key]
     out = root / f"world{world}"
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith("rank")) == [
+        "disk",
         "fit",
+        "link",
         "other",
         "semi",
     ]  # no 'bad', 'x', 'semi-x', 'shard-fails' or 'manifest-fails', and no temporaries
@@ -336,6 +338,17 @@ def test_a_semi_nmf_fit_is_saved_sharded_and_read_back(groups, world):
     assert torch.equal(back.estimator.D, results[world][0]["semi"]["D"])
     across = load_fit(folder, rows=(120, 160))
     assert torch.equal(across.Z, back.Z[120:160]) and across.estimator.W.numel() == 0
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_a_sharded_fit_saved_at_a_symlink_lands_in_the_folder_it_points_to(groups, world):
+    root, results = groups
+    out = root / f"world{world}"
+    assert [r["fit"]["via-link"] for r in results[world]] == ["no error"] * world
+    assert (out / "link").is_symlink() and (out / "link").resolve() == (out / "disk" / "fits")
+    assert sorted(p.name for p in (out / "disk").iterdir()) == ["fits"]  # no temporaries
+    assert verify(out / "link") == out / "link"
+    assert torch.equal(load_fit(out / "disk" / "fits").Z, load_fit(_sharded(groups, world)).Z)
 
 
 # ------------------------------------------------------------ damaged sharded folders refused

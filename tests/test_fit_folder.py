@@ -123,3 +123,26 @@ def test_rows_and_rank_take_numpy_integers(fitted, tmp_path):
     assert cp.load_fit(folder, rank=np.int32(0)).rows == (0, 40)
     with pytest.raises(ValueError, match=r"rows must be \(start, stop\).*got \(True, 3\)"):
         cp.load_fit(folder, rows=(True, 3))
+
+
+@pytest.mark.skipif(__import__("os").name != "posix", reason="symbolic links")
+def test_a_fit_saved_at_a_symlink_lands_in_the_folder_it_points_to(fitted, tmp_path):
+    # The swap used to rename the link aside and put a real folder in its place: the fit
+    # landed beside the link (on the link's disk, not the target's, whose free space the
+    # pre-flight measured), the target stayed empty and a '.link.old-*' link was left behind.
+    acts, nmf, Z = fitted
+    target = tmp_path / "disk" / "fits"
+    target.mkdir(parents=True)
+    link = tmp_path / "link"
+    link.symlink_to(target, target_is_directory=True)
+    for _ in range(2):  # a new fit, then one replaced
+        assert cp.save_fit(link, nmf, Z, acts) == link
+        assert link.is_symlink() and link.resolve() == target.resolve()
+        assert sorted(p.name for p in target.iterdir()) == [
+            "codes.safetensors",
+            "concepts.safetensors",
+            "manifest.json",
+        ]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["disk", "link"]
+        assert [p.name for p in target.parent.iterdir()] == ["fits"]  # no temporaries left
+        assert torch.equal(cp.load_fit(link, acts).Z, Z)
