@@ -193,7 +193,8 @@ def check_writable_output(path: str | os.PathLike, flag: str = "--out") -> Path:
     Refuses a ``path`` that is an existing file, a ``path`` below a file (its parent cannot be
     created), a ``path`` that is or runs through a broken symbolic link, and folders this
     process cannot write in: the nearest existing parent (where the folder, its lock and its
-    temporaries go) and ``path`` itself when it exists (outputs are written inside it).
+    temporaries go) and ``path`` itself when it exists (outputs are written inside it); for a
+    link to a folder, the folder it points to and that folder's parent (:func:`follow_link`).
     Writability is tried, not guessed from permission bits: one empty hidden file is created and
     removed in each, so a read-only mount, an ACL or a full inode table are found too. Nothing
     else is written.
@@ -220,13 +221,14 @@ def check_writable_output(path: str | os.PathLike, flag: str = "--out") -> Path:
                 f"{flag} {path} cannot be created: {p} is a broken symbolic link (to "
                 f"{os.readlink(p)}); remove it, or point it at a folder."
             )
-    base = nearest_existing(path.parent if path.exists() else path)
+    target = follow_link(path)  # a link to a folder: written (temporaries too) where it points
+    base = nearest_existing(target.parent if target.exists() else target)
     if not base.is_dir():
         raise NotADirectoryError(
             f"{flag} {path} cannot be created: {base} is a file, not a folder; choose a "
             f"{flag} path below a folder."
         )
-    for folder in (base, path) if path.is_dir() else (base,):
+    for folder in (base, target) if target.is_dir() else (base,):
         error = _probe_write(folder)
         if error is not None:
             why = error.strerror or type(error).__name__

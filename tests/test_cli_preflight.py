@@ -181,3 +181,38 @@ def test_out_through_a_broken_symlink_is_refused_first(shapes_folder, tmp_path, 
             )
     assert opened == [] and link.is_symlink() and not link.exists()
     _nothing_written(tmp_path, "gone")
+
+
+def _read_only_binds(folder: Path) -> bool:
+    """Whether a 0o555 folder stops this process (not for root with CAP_DAC_OVERRIDE)."""
+    folder.chmod(0o555)
+    try:
+        (folder / ".probe").touch()
+    except PermissionError:
+        return True
+    (folder / ".probe").unlink()
+    folder.chmod(0o755)
+    return False
+
+
+@pytest.mark.skipif(os.name != "posix", reason="symbolic links and permission bits")
+def test_out_linked_below_a_read_only_folder_is_refused_first(
+    shapes_folder, tmp_path, capsys, opened
+):
+    # A link to a folder is written where it points, its temporaries beside the target: the
+    # pre-flight probed the link's own folder and let the run fail at the end.
+    ro = tmp_path / "ro"
+    (ro / "acts").mkdir(parents=True)
+    link = tmp_path / "link"
+    link.symlink_to(ro / "acts", target_is_directory=True)
+    if not _read_only_binds(ro):
+        pytest.skip("this process writes in read-only folders (root)")
+    try:
+        code, _, err = _cli(
+            capsys, "run", *DEMO_MODEL, "--images", shapes_folder, "--out", link, "--quiet"
+        )
+        line = _error(code, err)
+        assert line.startswith(f"--out {link}: cannot write in {ro} (Permission denied)"), line
+        assert opened == [] and list((ro / "acts").iterdir()) == []
+    finally:
+        ro.chmod(0o755)
