@@ -141,7 +141,9 @@ def test_explain_shows_bars_over_predictions_importance_curves_and_faithfulness(
     assert re.search(r"faithfulness:\s+\d+%\|.*\| \d+/36 ", err), err
     (faith,) = bars["faithfulness"]
     assert faith.total == faith.n == 3 * n
-    assert bars["predictions"] and all(b.total == b.n == 12 for b in bars["predictions"])
+    # the predictions pass runs once: it picks the classes and their inputs alike
+    (pred,) = bars["predictions"]
+    assert pred.total == pred.n == 12
     assert re.search(r"predictions:\s+\d+%\|.*\| \d+/12 ", err), err
     assert sum(b.n for b in bars["gradient"]) == n
     assert re.search(r"deletion/insertion:\s+\d+%", err), err
@@ -150,6 +152,22 @@ def test_explain_shows_bars_over_predictions_importance_curves_and_faithfulness(
     again = explain_classes(quiet, "predicted", n_random=1, max_inputs=None)
     assert "%|" not in capsys.readouterr().err
     assert again.faithfulness == result.faithfulness  # the bar changes nothing computed
+
+
+def test_explain_predicted_classes_reuses_its_one_predictions_pass(explained, monkeypatch):
+    """The reused predictions give what explicit top-1 labels give: same classes, same numbers."""
+    net, x, acts, nmf, Z = explained
+    bars = _recorded_explainer(monkeypatch)
+    ex = ConceptExplainer(net, nmf, acts, Z, inputs=x, batch_size=5, progress=False)
+    got = explain_classes(ex, "predicted", n_random=1, max_inputs=None)
+    assert len(bars["predictions"]) == 1
+    with torch.inference_mode():
+        top1 = net(x).argmax(dim=1)
+    want = explain_classes(ex, "predicted", samples_of=top1, n_random=1, max_inputs=None)
+    assert got.to_dict() == want.to_dict()
+    assert [c.samples for c in got.classes] == [
+        torch.nonzero(top1 == c.index).flatten().tolist() for c in got.classes
+    ]
 
 
 def test_image_inputs_bars_over_the_images_read_when_asked(explained, capsys):

@@ -8,7 +8,8 @@ into the JSON of ``summary.json``). Drawing lives in ``visualization``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,13 +137,16 @@ def _predictions(ex) -> torch.Tensor:
     return logits.argmax(dim=1)
 
 
-def _samples_of(ex, samples_of: Any) -> dict[int, list[int]]:
+def _samples_of(
+    ex, samples_of: Any, predictions: Callable[[], torch.Tensor]
+) -> dict[int, list[int]]:
+    """Which inputs belong to which class; ``predictions()`` gives the model's top-1 classes."""
     if samples_of is None:
         labels = ex.acts.labels
         if labels is not None and bool((labels >= 0).any()):
             samples_of = labels
         else:
-            samples_of = _predictions(ex)
+            samples_of = predictions()
     if isinstance(samples_of, Mapping):
         return {int(k): [int(s) for s in v] for k, v in samples_of.items()}
     lab = torch.as_tensor(np.asarray(samples_of)).long()
@@ -202,10 +206,12 @@ def explain_classes(
     ClassExplanations
     """
     ex.verify()  # the inputs reproduce the activations: fail before any work
-    members = _samples_of(ex, samples_of)
+    # one predictions pass (every input) serves both the membership and the classes picked
+    predictions = functools.cache(lambda: _predictions(ex))
+    members = _samples_of(ex, samples_of, predictions)
     notes = []
     if isinstance(classes, str) and classes == "predicted":
-        pred = _predictions(ex)
+        pred = predictions()
         counts = torch.bincount(pred)
         order = torch.argsort(counts, descending=True, stable=True)
         targets = [int(c) for c in order[:max_classes] if counts[c] > 0]
