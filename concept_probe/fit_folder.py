@@ -348,7 +348,7 @@ def _save_sharded(folder: Path, estimator, Z, acts, comm) -> Path:
                     tmp = stack.enter_context(atomic_directory(folder))
                     pid, rand = tmp.name.rsplit("-", 2)[-2:]
                     tmp_id = [int(pid), int(rand, 16)]
-            except (ValueError, TypeError, OSError) as exc:
+            except Exception as exc:  # any failure: every rank must learn of it and raise
                 error = exc
             table = _agree(comm, error, [n_local, k, *tmp_id], folder, "check its part")
             sizes = table[:, 1].tolist()
@@ -392,7 +392,7 @@ def _save_sharded(folder: Path, estimator, Z, acts, comm) -> Path:
                     metadata={_SHARD_KEY: json.dumps(shard)},
                 )
                 digest = _digest_ints(sha256_file(tmp / name))
-            except (ValueError, TypeError, OSError) as exc:
+            except Exception as exc:  # any failure: every rank must learn of it and raise
                 error = exc
             table = _agree(comm, error, digest, folder, "write its shard")
             total = torch.tensor([part], dtype=torch.float64, device=comm.device_for_backend())

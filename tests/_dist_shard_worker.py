@@ -115,6 +115,14 @@ def scenario_sharded_fit(rank: int, world: int, out: str) -> dict:
             f.write("not a fit")
     dist.barrier()
     res["other"] = _outcome(lambda: save_fit(other, nmf, Z, acts, distributed=True))
+    # The last rank fails with an error save_fit does not expect (no activations at all):
+    # every rank must still raise at once, not wait for the group's timeout.
+    given = None if rank == world - 1 else acts
+    try:
+        save_fit(os.path.join(out, "no-acts"), nmf, Z, given, distributed=True)
+        res["no-acts"] = "no error"
+    except Exception as exc:
+        res["no-acts"] = f"{type(exc).__name__}: {exc}"
 
     # The disk fills up while the last rank writes its shard, or while rank 0 writes the
     # manifest (after every shard is in): every rank raises, nothing is left.

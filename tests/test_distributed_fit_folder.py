@@ -298,6 +298,12 @@ def test_a_save_that_fails_on_one_rank_fails_on_every_rank_and_leaves_nothing(gr
             )
         else:
             assert fit["other"].startswith("DistributedError: save_fit: rank(s) 0 could not")
+        if r == last:
+            assert fit["no-acts"].startswith("AttributeError: "), fit["no-acts"]
+        else:
+            assert fit["no-acts"].startswith(
+                f"DistributedError: save_fit: rank(s) {last} could not write its shard (see"
+            ), fit["no-acts"]
         for key, who, what in (
             ("shard-fails", last, "write its shard"),
             ("manifest-fails", 0, "write the manifest and swap the folder in"),
@@ -315,7 +321,7 @@ def test_a_save_that_fails_on_one_rank_fails_on_every_rank_and_leaves_nothing(gr
         "link",
         "other",
         "semi",
-    ]  # no 'bad', 'x', 'semi-x', 'shard-fails' or 'manifest-fails', and no temporaries
+    ]  # no 'bad', 'x', 'semi-x', 'no-acts', 'shard-fails' or 'manifest-fails', and no temporaries
     assert [p.name for p in (out / "other").iterdir()] == ["notes.txt"]
 
 
