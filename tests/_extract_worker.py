@@ -24,6 +24,7 @@ CASES = {
     "two-layers": (10, 3, ["1", "3"], 100),
     "empty-rank": (4, 2, "1", None),
     "resume": (12, 2, "1", None),  # rank 1 fails on its 2nd batch, then the run is resumed
+    "linked": (6, 2, "1", None),  # OUT/acts is a symbolic link to the folder OUT/target
 }
 
 
@@ -92,6 +93,9 @@ def main() -> None:
     rank, world, port, out, case = sys.argv[1:6]
     rank, world, out = int(rank), int(world), Path(out)
     torch.set_num_threads(1)
+    if case == "linked" and rank == 0:  # before the rendezvous: every rank sees the link
+        (out / "target").mkdir(parents=True)
+        (out / "acts").symlink_to(out / "target", target_is_directory=True)
     init_group(rank, world, port, 60)
     try:
         if case == "resume":

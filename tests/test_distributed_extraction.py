@@ -23,7 +23,7 @@ from _extract_worker import CASES, extract, fit, fit_path
 from concept_probe import Activations
 
 WORKER = Path(__file__).parent / "_extract_worker.py"
-GROUPS = {"two-layers": 2, "empty-rank": 3, "resume": 2}
+GROUPS = {"two-layers": 2, "empty-rank": 3, "resume": 2, "linked": 2}
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +94,17 @@ def test_interrupted_sharded_extraction_resumes(runs):
     resumed = [json.loads((runs / "resume" / f"resumed{r}.json").read_text()) for r in range(2)]
     assert resumed[1]["calls"] == 2  # batches 8..9 and 10..11 only
     assert resumed[0]["calls"] == 0  # rank 0 had finished: nothing recomputed
+
+
+def test_sharded_extraction_at_a_link_writes_where_it_points(runs):
+    """out= a symbolic link to a folder: the merged folder is swapped in at the link's target
+    and the link kept, as a one-process save does; nothing is left beside either."""
+    case = runs / "linked"
+    assert (case / "acts").is_symlink()
+    assert (case / "acts").resolve() == (case / "target").resolve()
+    assert (case / "target" / "manifest.json").is_file()
+    assert sorted(p.name for p in case.iterdir() if p.name.startswith(".")) == []
+    assert not any(p.name.startswith("rank-") for p in (case / "target").iterdir())
 
 
 def test_rank_range_deals_whole_batches():

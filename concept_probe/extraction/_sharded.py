@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._io import fsync_dir, seal
+from .._io import follow_link, fsync_dir, seal
 from .._io import write_json_atomic as atomic_write_json
 from ..errors import DistributedError
 from . import _storage
@@ -110,6 +110,9 @@ def run_disk(plan: Plan, out: Path, single: bool, comm: Comm):
     from .activations import Activations
 
     rank, world = comm.rank, comm.world
+    # out= a link to a folder: the shares and the merged folder go where it points, and the
+    # final swap replaces the target, not the link (as a one-process save does)
+    out = follow_link(out)
     if plan.n_samples is None or plan.batch_size is None:
         raise ValueError(
             "a sharded extraction (torch.distributed initialised with several ranks, out= "
