@@ -133,7 +133,9 @@ def folder_lock(path: str | os.PathLike, flag: str = "--out") -> Iterator[Path]:
     not inside, because the folder itself is swapped in whole). The operating system drops it
     when the process exits, however it exits (a crash or ``kill -9`` included), so a stale lock
     never blocks a later run. The lock file holds the owner's process id and stays behind
-    (empty of meaning once released; removing it while unlocked is harmless).
+    (empty of meaning once released; removing it while unlocked is harmless). A link to a
+    folder is followed (:func:`follow_link`): the folder is written where it points, so a run
+    through the link and one at its target take the one lock, beside the target.
 
     Raises
     ------
@@ -147,8 +149,9 @@ def folder_lock(path: str | os.PathLike, flag: str = "--out") -> Iterator[Path]:
     except ImportError:  # pragma: no cover - Windows: no advisory locks, run unlocked
         yield path
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = path.parent / f".{path.name}.lock"
+    target = follow_link(path)  # a link to a folder: the lock of the folder it points to
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = target.parent / f".{target.name}.lock"
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, default_mode())
     try:
         try:

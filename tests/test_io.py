@@ -176,3 +176,27 @@ def test_every_reader_uses_the_one_version_check(tmp_path):
     (path / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(CorruptFileError, match=r"newer concept_probe .*format version 99"):
         cp.Activations.load(path)
+
+
+def test_folder_lock_through_a_link_is_the_lock_of_its_target(tmp_path):
+    """A run at ``--out link`` and one at ``--out <the link's target>`` write the same folder
+    (saves follow the link since 96ba730), so they must take the same lock: relative links and
+    a link to a link included."""
+    from concept_probe.errors import FolderBusyError
+
+    (tmp_path / "disk").mkdir()
+    target = tmp_path / "disk" / "out"
+    target.mkdir()
+    (tmp_path / "a").mkdir()
+    link = tmp_path / "a" / "out"
+    link.symlink_to(os.path.join("..", "disk", "out"))  # relative, into another folder
+    chain = tmp_path / "chain"
+    chain.symlink_to(link)  # a link to the link
+    for first, second in ((link, target), (target, link), (chain, target), (link, chain)):
+        with _io.folder_lock(first):
+            with pytest.raises(FolderBusyError, match=rf"{second.name} is in use"):
+                with _io.folder_lock(second):
+                    pass
+    with _io.folder_lock(link):  # released: free again
+        pass
+    assert not (tmp_path / "a" / ".out.lock").exists()  # the lock sits beside the target
