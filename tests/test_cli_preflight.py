@@ -30,16 +30,16 @@ def shapes_folder(tmp_path_factory):
 @pytest.fixture
 def opened(monkeypatch):
     """Paths of the input images the command read (the shape probe reads none)."""
-    from concept_probe.extraction import _vision_inputs
+    from concept_probe.extraction import _image_sources
 
     seen = []
-    real = _vision_inputs._open_image
+    real = _image_sources._open_image
 
     def spy(path):
         seen.append(path)
         return real(path)
 
-    monkeypatch.setattr(_vision_inputs, "_open_image", spy)
+    monkeypatch.setattr(_image_sources, "_open_image", spy)  # where the file source calls it
     return seen
 
 
