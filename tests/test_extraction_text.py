@@ -258,6 +258,42 @@ def test_text_resume_after_interruption(tmp_path, minilm, monkeypatch):
     assert disk.meta == mem.meta  # counted from every batch's shard, not by tokenizing again
 
 
+def test_resume_of_shards_written_before_stats_were_kept_counts_every_cut_text(
+    tmp_path, minilm, monkeypatch
+):
+    """A partial folder whose first shards hold no per-batch stats (an older version wrote
+    them) still gives the whole run's n_truncated / longest_tokens and the one warning: the
+    texts are in those shards, so they are counted from them. The fields were left out (no
+    warning) although the long text had been cut."""
+    monkeypatch.setattr(engine, "SHARD_BYTES", 1)
+    model, tok = minilm
+    kw = {"batch_size": 1, "max_length": 8, "progress": False}
+    with pytest.warns(TruncationWarning, match="1 of 4 texts"):
+        mem = extract_text_activations(model, tok, "encoder.layer.1", TEXTS, **kw)
+    run, calls = engine.run, []
+
+    def run_without_stats(plan, out, single):  # the shards an older version wrote
+        plan.stats_meta = None
+        return run(plan, out, single)
+
+    def interrupt_third(module, args, kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "run", run_without_stats)
+    handle = model.register_forward_pre_hook(interrupt_third, with_kwargs=True)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            extract_text_activations(model, tok, "encoder.layer.1", TEXTS, out=tmp_path, **kw)
+    finally:
+        handle.remove()
+    monkeypatch.setattr(engine, "run", run)
+    with pytest.warns(TruncationWarning, match="1 of 4 texts"):
+        disk = extract_text_activations(model, tok, "encoder.layer.1", TEXTS, out=tmp_path, **kw)
+    assert disk.meta == mem.meta and disk.meta["n_truncated"] == 1
+
+
 def test_numpy_integers_are_accepted_like_in_the_vision_extractor(minilm):
     # One validation vocabulary: np.int64 from an array is as good as an int, bool is not.
     model, tok = minilm

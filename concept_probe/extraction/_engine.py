@@ -323,24 +323,36 @@ class Plan:
     # input order (across sessions of a resumed run and across ranks): one function of all of
     # them, so a stopped and resumed run records exactly what one uninterrupted run records.
     stats_meta: Callable[[list[dict]], dict] | None = None
+    # The stats of a shard written before they were kept (an older version), from its strings
+    # (the text front end counts the texts it holds); None: they cannot be had again.
+    stats_of_shard: Callable[[dict], list[dict]] | None = None
 
 
 def meta_from_stats(plan: Plan, meta: dict, stats: list[dict] | None) -> dict:
     """``meta`` with the fields the batches' ``stats`` give (all batches, in input order).
 
-    ``stats`` is None when some shard on disk has none (written before they were kept): the
-    metadata its session recorded is then kept as it is.
+    ``stats`` is None when some shard on disk has none that can be had again (written before
+    they were kept): ``meta`` is then returned as it is, without those fields (unknown).
     """
     if plan.stats_meta is None or stats is None:
         return meta
     return {**meta, **plan.stats_meta(stats)}
 
 
-def shard_stats(strings: list[dict]) -> list[dict] | None:
-    """The batches' stats from the strings of consecutive shards (None if one has none)."""
-    if any("stats" not in s for s in strings):
+def shard_stats(plan: Plan, strings: dict) -> list[dict] | None:
+    """One shard's batch stats from its strings file (None: it has none, none can be made)."""
+    if "stats" in strings:
+        return strings["stats"]
+    if plan.stats_of_shard is not None:
+        return plan.stats_of_shard(strings)
+    return None
+
+
+def join_stats(parts: list[list[dict] | None]) -> list[dict] | None:
+    """The stats of consecutive shards as one list (None if one shard's are unknown)."""
+    if any(p is None for p in parts):
         return None
-    return [st for s in strings for st in s["stats"]]
+    return [st for p in parts for st in p]
 
 
 def layer_paths(out: str | Path | Mapping, layers: list[str], single: bool) -> dict[str, Path]:
@@ -613,10 +625,10 @@ def _flush(plan: Plan, stores: dict, buffers: dict) -> None:
 def _finalize(plan: Plan, name: str, store: _storage.ShardStore) -> None:
     strings: dict[str, list | None] = {"sample_ids": [], "texts": None, "tokens": None}
     has_labels = False
-    shard_strings = []
+    stats = []
     for shard in store.shards:
         s = store.read_shard_strings(shard)
-        shard_strings.append({"stats": s["stats"]} if "stats" in s else {})  # not the ids
+        stats.append(shard_stats(plan, s))
         strings["sample_ids"].extend(s["sample_ids"])
         for key in ("texts", "tokens"):
             if s.get(key) is not None:
@@ -632,7 +644,7 @@ def _finalize(plan: Plan, name: str, store: _storage.ShardStore) -> None:
         "n_features": n_features,
         "n_samples": len(strings["sample_ids"]),
         "grid": extra.get("grid"),
-        "meta": meta_from_stats(plan, extra.get("meta", {}), shard_stats(shard_strings)),
+        "meta": meta_from_stats(plan, extra.get("meta", {}), join_stats(stats)),
     }
     drop = set() if (has_labels or plan.label_names is not None) else {"labels"}
     strings_out = {

@@ -279,7 +279,7 @@ def _load(root: Path, rank: int, world: int, shard: dict, name: str) -> np.ndarr
 
 
 def _write_manifest(plan, root, fingerprint, world, every, layout) -> None:
-    from ._engine import shard_stats
+    from ._engine import join_stats, shard_stats
 
     tmp = root / _MERGE
     sample_ids: list[str] = []
@@ -289,7 +289,7 @@ def _write_manifest(plan, root, fingerprint, world, every, layout) -> None:
     for r, sh in every:
         folder = root / _rank_dir(r, world)
         s = _storage._load_strings(folder, sh["files"][_storage.STRINGS])
-        stats.append({"stats": s["stats"]} if "stats" in s else {})
+        stats.append(shard_stats(plan, s))
         sample_ids.extend(s["sample_ids"])
         if s.get("texts") is not None:
             texts = (texts or []) + s["texts"]
@@ -319,7 +319,7 @@ def _write_manifest(plan, root, fingerprint, world, every, layout) -> None:
         "n_features": int(layout["A"][1][0]),
         "n_samples": len(sample_ids),
         "grid": extras[-1].get("grid"),
-        "meta": merge_meta(plan, [e.get("meta", {}) for e in extras], shard_stats(stats)),
+        "meta": merge_meta(plan, [e.get("meta", {}) for e in extras], join_stats(stats)),
     }
     manifest = dict(
         header, format=_storage.FORMAT, version=_storage.VERSION, fingerprint=fingerprint

@@ -286,6 +286,18 @@ def extract_text_activations(
         enc = tokenizer(chunk, truncation=False, verbose=False)
         return [len(x) for x in enc["input_ids"]]
 
+    def counted(lengths: list[int]) -> dict:
+        # texts cut at max_length, and the most tokens one has uncut (special tokens included)
+        return {
+            "n_truncated": sum(n > max_length for n in lengths),
+            "longest_tokens": max(lengths, default=0),
+        }
+
+    def stats_of_shard(strings: dict) -> list[dict]:
+        # a shard written before the batches' stats were kept: count the texts it holds
+        done = strings.get("texts") or []
+        return [counted(full_lengths(done[s : s + 256])) for s in range(0, len(done), 256)]
+
     def batches(start: int) -> Iterator[_engine.Batch]:
         with _padding_ready(tokenizer):
             for s in range(start, len(items), batch_size):
@@ -310,12 +322,8 @@ def extract_text_activations(
                 if full:
                     for j, n in zip(full, full_lengths([chunk[j] for j in full]), strict=True):
                         lengths[j] = n
-                # texts cut at max_length, and the most tokens one has uncut (special tokens
-                # included): kept with the batch's shard, so a resumed run counts every text
-                stats = {
-                    "n_truncated": sum(n > max_length for n in lengths),
-                    "longest_tokens": max(lengths, default=0),
-                }
+                # kept with the batch's shard, so a resumed run counts every text
+                stats = counted(lengths)
                 inputs = {
                     k: enc[k].to(dev)
                     for k in _MODEL_INPUTS
@@ -377,6 +385,7 @@ def extract_text_activations(
         unit="text",
         batch_size=batch_size,
         stats_meta=stats_meta,
+        stats_of_shard=stats_of_shard,
     )
     result = _engine.run(plan, out, run.single)
     first = result if run.single else result[run.layers[0]]
