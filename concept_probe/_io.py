@@ -320,11 +320,19 @@ def follow_link(path: str | os.PathLike) -> Path:
     """Where a folder written at ``path`` goes: a link to an existing folder is followed.
 
     The link itself is kept (it points at the new folder, swapped in at its target), so an
-    ``out -> /big/disk/out`` link fills the disk it points to.
+    ``out -> /big/disk/out`` link fills the disk it points to. A broken link is refused
+    (``NotADirectoryError``): nothing can be made there (the final swap, or the folder's
+    creation, would fail once the work is done).
     """
     path = Path(path)
-    if path.is_symlink() and path.is_dir():
-        return Path(os.path.realpath(path))
+    if path.is_symlink():
+        if path.is_dir():
+            return Path(os.path.realpath(path))
+        if not path.exists():
+            raise NotADirectoryError(
+                f"{path} is a broken symbolic link (to {os.readlink(path)}); remove it, or "
+                f"point it at a folder."
+            )
     return path
 
 

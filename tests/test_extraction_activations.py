@@ -282,3 +282,13 @@ def test_replace_validates_and_rejects_unknown_fields():
         acts.replace(sample_ids=["x"])
     with pytest.raises(TypeError, match="unknown field"):
         acts.replace(colour="red")
+
+
+def test_save_at_a_broken_link_is_refused_before_writing(tmp_path):
+    """A dangling link is no free name: the swap failed at the end with 'Not a directory'
+    (after every file was written); it is refused up front, naming the link and the fix."""
+    link = tmp_path / "acts"
+    link.symlink_to(tmp_path / "gone")
+    with pytest.raises(NotADirectoryError, match=r"acts is a broken symbolic link \(to .*gone\)"):
+        spatial().save(link)
+    assert [p.name for p in tmp_path.iterdir()] == ["acts"] and link.is_symlink()

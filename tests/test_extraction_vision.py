@@ -591,3 +591,14 @@ def test_a_failing_forward_pass_is_one_readable_error():
         r"\(2, 1, 16, 16\) \(RuntimeError: .*their size \(input_size=",
     ):
         extract_image_activations(net, "layer2", images(2, size=16)[:, :1], progress=False)
+
+
+def test_out_at_a_broken_link_is_refused_before_the_first_batch(tmp_path):
+    """out= a dangling link failed with a bare '[Errno 17] File exists' (creating the folder);
+    it names the link and the fix now, and nothing is written."""
+    net = nn.Sequential(nn.Conv2d(3, 2, 3))
+    out = tmp_path / "acts"
+    out.symlink_to(tmp_path / "gone")
+    with pytest.raises(NotADirectoryError, match=r"acts is a broken symbolic link"):
+        extract_image_activations(net, "0", images(2, size=8), out=out, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["acts"]

@@ -48,6 +48,7 @@ from .._io import (
     check_format,
     check_sealed,
     chunk_digests,
+    follow_link,
     seal,
     sha256_file,
     verify_chunks,
@@ -382,6 +383,7 @@ class ShardStore:
             If it holds unrelated files.
         """
         p = self.path
+        follow_link(p)  # a broken link is refused before any work (its folder can't be made)
         if not p.exists():
             return "new"
         if not p.is_dir():
