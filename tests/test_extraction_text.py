@@ -294,6 +294,25 @@ def test_resume_of_shards_written_before_stats_were_kept_counts_every_cut_text(
     assert disk.meta == mem.meta and disk.meta["n_truncated"] == 1
 
 
+def test_an_image_extraction_at_a_text_folder_is_refused_without_naming_on_error(tmp_path, minilm):
+    """The text front end keeps no on_error: an image run at its folder differs in the kind of
+    inputs, model and data, not in on_error (named before, so the CLI said --skip-unreadable
+    had changed although it was never given)."""
+    from torch import nn
+
+    from concept_probe.errors import ExtractionMismatchError
+    from concept_probe.extraction import extract_image_activations
+
+    model, tok = minilm
+    out = tmp_path / "acts"
+    extract_text_activations(model, tok, "encoder.layer.0", TEXTS[:1], out=out, progress=False)
+    net = nn.Sequential(nn.Conv2d(3, 2, 3))
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ExtractionMismatchError) as info:
+        extract_image_activations(net, "0", x, out=out, progress=False)
+    assert "front_end" in info.value.differs and "on_error" not in info.value.differs
+
+
 def test_numpy_integers_are_accepted_like_in_the_vision_extractor(minilm):
     # One validation vocabulary: np.int64 from an array is as good as an int, bool is not.
     model, tok = minilm

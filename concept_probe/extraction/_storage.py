@@ -425,7 +425,11 @@ class ShardStore:
             k for k in set(found) | set(self.fingerprint) if found.get(k) != self.fingerprint.get(k)
         )
         if context is not None:  # None: written before the context was kept
-            diff += sorted(k for k in self.context if context.get(k) != self.context[k])
+            # a setting the other run did not have (a text extraction keeps no on_error) is
+            # not one that changed
+            diff += sorted(
+                k for k in self.context if k in context and context[k] != self.context[k]
+            )
         what = "a finished" if complete else "an interrupted"
         raise ExtractionMismatchError(
             f"out={str(self.path)!r} holds {what} extraction made with different settings "
