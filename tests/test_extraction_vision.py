@@ -602,3 +602,21 @@ def test_out_at_a_broken_link_is_refused_before_the_first_batch(tmp_path):
     with pytest.raises(NotADirectoryError, match=r"acts is a broken symbolic link"):
         extract_image_activations(net, "0", images(2, size=8), out=out, progress=False)
     assert [p.name for p in tmp_path.iterdir()] == ["acts"]
+
+
+def test_a_resume_with_predictions_off_records_none_as_an_uninterrupted_run(tmp_path, monkeypatch):
+    """predictions= is not in the fingerprint (the rows are the same): a run stopped with
+    predictions=True and resumed with predictions=False recorded the first session's tally
+    (4 of 8 images) though the same arguments uninterrupted record none."""
+    monkeypatch.setattr(engine, "SHARD_BYTES", 1)  # a shard a batch
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2))
+    x = images(8, size=8)
+    kw = {"batch_size": 2, "progress": False}
+    whole = extract_image_activations(net, "0", LabelledImages(x), **kw)
+    with pytest.raises(KeyboardInterrupt):
+        extract_image_activations(
+            net, "0", LabelledImages(x, fail_at=4), out=tmp_path, predictions=True, **kw
+        )
+    resumed = extract_image_activations(net, "0", LabelledImages(x), out=tmp_path, **kw)
+    assert "predictions" not in resumed.meta and resumed.meta == whole.meta

@@ -288,7 +288,11 @@ def extract_image_activations(
         sizes = _image_sizes([s for st in stats for s in st.get("sizes", ())], pre)
         if sizes:
             m["image_sizes"] = sizes
-        tally = _sum_predictions([st["predictions"] for st in stats if "predictions" in st])
+        # predictions= is no part of the fingerprint: a session that asked for them may have
+        # started the run, but a run without them records none (as it would uninterrupted)
+        tally = predictions and _sum_predictions(
+            [st["predictions"] for st in stats if "predictions" in st]
+        )
         if tally:
             m["predictions"] = tally
         return m
