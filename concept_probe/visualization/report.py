@@ -311,7 +311,7 @@ def _build(
     sections: Sequence,
     bar,
 ) -> None:
-    from .figures import plot_concept_overview, plot_factor_purity
+    from .figures import plot_concept_overview
 
     n_concepts = W.shape[0]
     stats = concept_stats(Z, D, acts, W=W, k=k)
@@ -448,34 +448,16 @@ def _build(
         _img("overview.png", "share and density of every concept"),
     ]
     if "factors" in tables:
-        table = tables["factors"]
-        _save_png(plot_factor_purity(table), tmp / "factors.png")
-        note = _TABLE_NOTE.format(
-            what="factor",
-            lift=TRACK_MIN_LIFT,
-            frac=100 * table.fraction_above_chance(TRACK_MIN_LIFT),
-        )
-        parts += [
-            "<h2 id='factors'>Concepts versus known factors</h2>",
-            f"<p class='meta'>{note}</p>",
-            _TABLE_HEAD.format(what="factor") + _factor_rows(table, "factors") + "</table></div>",
-            _img("factors.png", "purity of every concept for every factor value"),
-        ]
+        parts += _table_html(
+            tables["factors"], tmp, "factors", "factor", "Concepts versus known factors", "",
+            "purity of every concept for every factor value",
+        )  # fmt: skip
     if "labels" in tables:
-        table = tables["labels"]
-        _save_png(plot_factor_purity(table), tmp / "labels.png")
-        note = _TABLE_NOTE.format(
-            what="label",
-            lift=TRACK_MIN_LIFT,
-            frac=100 * table.fraction_above_chance(TRACK_MIN_LIFT),
-        )
-        parts += [
-            "<h2 id='labels'>Concepts versus your labels</h2>",
-            f"<p class='meta'>Each input's label (for images, its class sub-folder) is given to "
-            f"all its rows. {note}</p>",
-            _TABLE_HEAD.format(what="label") + _factor_rows(table, "labels") + "</table></div>",
-            _img("labels.png", "purity of every concept for every label"),
-        ]
+        parts += _table_html(
+            tables["labels"], tmp, "labels", "label", "Concepts versus your labels",
+            "Each input's label (for images, its class sub-folder) is given to all its rows. ",
+            "purity of every concept for every label",
+        )  # fmt: skip
 
     summary_concepts = []
     page = _Page(tmp, Z, W, acts, k, reduce, ranked, border, tracks, columns, drawable, extras)
@@ -512,6 +494,22 @@ def _build(
     (tmp / "summary.json").write_text(
         json.dumps(json_ready(summary), indent=2, allow_nan=False), encoding="utf-8"
     )
+
+
+def _table_html(table, tmp: Path, kind: str, what: str, title: str, intro: str, alt: str):
+    """A concept-versus-factor (or label) section: heading, note, linked table, figure."""
+    from .figures import plot_factor_purity
+
+    _save_png(plot_factor_purity(table), tmp / f"{kind}.png")
+    note = _TABLE_NOTE.format(
+        what=what, lift=TRACK_MIN_LIFT, frac=100 * table.fraction_above_chance(TRACK_MIN_LIFT)
+    )
+    return [
+        f"<h2 id='{kind}'>{title}</h2>",
+        f"<p class='meta'>{intro}{note}</p>",
+        _TABLE_HEAD.format(what=what) + _factor_rows(table, kind) + "</table></div>",
+        _img(f"{kind}.png", alt),
+    ]
 
 
 def accuracy_line(meta: dict) -> str | None:
