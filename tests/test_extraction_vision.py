@@ -620,3 +620,28 @@ def test_a_resume_with_predictions_off_records_none_as_an_uninterrupted_run(tmp_
         )
     resumed = extract_image_activations(net, "0", LabelledImages(x), out=tmp_path, **kw)
     assert "predictions" not in resumed.meta and resumed.meta == whole.meta
+
+
+def test_a_resume_with_predictions_turned_on_marks_its_tally_partial(tmp_path, monkeypatch):
+    """The other way: stopped without predictions, resumed with them. The tally covers only
+    the resumed batches (the first session ran none); it says so, and so does the report."""
+    from concept_probe.visualization.report import accuracy_line
+
+    monkeypatch.setattr(engine, "SHARD_BYTES", 1)  # a shard a batch
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2))
+    x = images(8, size=8)
+    kw = {"batch_size": 2, "progress": False}
+    whole = extract_image_activations(net, "0", LabelledImages(x), predictions=True, **kw)
+    assert "partial" not in whole.meta["predictions"]
+    assert "Only the inputs" not in accuracy_line(whole.meta)
+    with pytest.raises(KeyboardInterrupt):
+        extract_image_activations(net, "0", LabelledImages(x, fail_at=4), out=tmp_path, **kw)
+    resumed = extract_image_activations(
+        net, "0", LabelledImages(x), out=tmp_path, predictions=True, **kw
+    )
+    p = resumed.meta["predictions"]
+    assert p["partial"] is True and p["n_images"] < whole.meta["predictions"]["n_images"]
+    assert "Only the inputs extracted with predictions on are counted" in accuracy_line(
+        resumed.meta
+    )

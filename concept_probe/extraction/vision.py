@@ -290,10 +290,13 @@ def extract_image_activations(
             m["image_sizes"] = sizes
         # predictions= is no part of the fingerprint: a session that asked for them may have
         # started the run, but a run without them records none (as it would uninterrupted)
-        tally = predictions and _sum_predictions(
-            [st["predictions"] for st in stats if "predictions" in st]
-        )
+        parts = [st["predictions"] for st in stats if "predictions" in st]
+        tally = predictions and _sum_predictions(parts)
         if tally:
+            if len(parts) < len(stats):  # a classifier tallies every batch it runs
+                # resumed with predictions turned on: the earlier sessions' inputs are not in
+                # it; say so rather than pass the part off as the whole run's accuracy
+                tally["partial"] = True
             m["predictions"] = tally
         return m
 

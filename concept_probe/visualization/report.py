@@ -523,6 +523,11 @@ def accuracy_line(meta: dict) -> str | None:
         f"{p['n_labelled']} labelled images, {p['n_classes']} classes; class sub-folder i is "
         f"taken as the model's class i)."
     )
+    if p.get("partial"):
+        line += (
+            " Only the inputs extracted with predictions on are counted (the run was resumed "
+            "with them turned on); extract again in one go for the accuracy over all inputs."
+        )
     if p["accuracy"] <= 1.5 * chance:
         line += (
             f" That is about chance (1/{p['n_classes']} = {chance:.3f}): check the checkpoint, "
