@@ -150,7 +150,9 @@ def extract_image_activations(
     predictions : bool, default=False
         Run each forward pass to the end and, when the model returns logits (B, n_classes),
         record its accuracy on the labelled inputs (class sub-folder ``i`` taken as class
-        ``i``) in ``acts.meta['predictions']``.
+        ``i``) in ``acts.meta['predictions']``. With ``out=``, a run resumed with another
+        value records what the value it finished with asks for: none, or a tally marked
+        ``'partial': True`` over the batches run with predictions on.
     on_error : {'raise', 'skip'}, default='raise'
         What an unreadable image file (not an image, truncated, a pixel mode or value range
         with no conversion rule, missing) does; image files only. ``'raise'``: every file is
