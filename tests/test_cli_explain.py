@@ -178,3 +178,34 @@ def test_run_explain_predicted_on_a_timm_model_and_model_mismatch(
         "--quiet",
     )
     one_line_error(code, err, "not the built-in demo's", notes=False)
+
+
+def test_explain_uses_the_preprocessing_the_activations_were_extracted_with(
+    photos_and_checkpoint, tmp_path, capsys
+):
+    # before: run --input-size 32 --explain (and the explain stage after it) re-read the
+    # images at the model's 224 x 224, refused "inputs are 224 x 224 images but the
+    # activations were extracted from 32 x 32 ones", and run lost its report
+    folder, ckpt = photos_and_checkpoint
+    model = ("--model", "resnet18", "--checkpoint", ckpt["resnet18"])
+    code, _, err = _cli(
+        capsys,
+        "run",
+        *model,
+        *("--images", folder, "--layer", "layer3", "--input-size", "32", "--crop-pct", "1.0"),
+        *("--concepts", "3", "--max-iter", "40", "--explain", "predicted"),
+        *("--out", tmp_path / "o", "--quiet"),
+    )
+    assert code == 0, err
+    summary = json.loads((tmp_path / "o" / "report" / "summary.json").read_text())
+    assert sum(len(c["samples"]) for c in summary["explanation"]["classes"]) == 4
+    code, out, err = _cli(
+        capsys,
+        "explain",
+        tmp_path / "o" / "activations.cp",
+        tmp_path / "o" / "fit",
+        *model,
+        *("--images", folder, "--explain", "predicted", "--out", tmp_path / "r", "--quiet"),
+    )
+    assert code == 0, err
+    assert "Explained" in out and (tmp_path / "r" / "index.html").is_file()

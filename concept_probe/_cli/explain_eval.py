@@ -31,6 +31,7 @@ def _explain_inputs(args, acts):
     if getattr(args, "images", None) is not None:
         from ..errors import SkippedInputsWarning
         from ..explain import image_inputs
+        from ..explain.summary import extraction_overrides
 
         if not args.model:
             raise UsageError("--images needs --model (the timm model extracted from).")
@@ -43,6 +44,7 @@ def _explain_inputs(args, acts):
                 args.images,
                 on_error="skip" if skipped else "raise",
                 progress=not getattr(args, "quiet", False),
+                overrides=extraction_overrides(acts.meta),
             )
         return model, inputs, None, None, False
     if getattr(args, "model", None):

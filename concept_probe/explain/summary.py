@@ -92,6 +92,7 @@ def image_inputs(
     batch_size: int = 64,
     on_error: str = "raise",
     progress: bool = False,
+    overrides: dict[str, Any] | None = None,
 ) -> torch.Tensor:
     """Model inputs from anything ``extract_image_activations`` reads, as one tensor.
 
@@ -99,6 +100,9 @@ def image_inputs(
     so that the explainer's inputs reproduce the extracted activations. Pass
     ``on_error='skip'`` when the extraction skipped unreadable files, so the inputs line up
     with its samples. ``progress``: a progress bar (tqdm, on stderr) over the images read.
+    ``overrides``: the data-config settings the extraction was given (``input_size``,
+    ``crop_pct``, ``interpolation``, ``mean``, ``std``), e.g. from
+    :func:`extraction_overrides`.
 
     Returns
     -------
@@ -108,7 +112,7 @@ def image_inputs(
 
     kind, first = input_kind(images)
     dataset_transform = getattr(images, "transform", None) if kind.startswith("dataset") else None
-    pre = decide_preprocessing(model, kind, transform, None, dataset_transform)
+    pre = decide_preprocessing(model, kind, transform, None, dataset_transform, overrides)
     source, _ = make_source(images, kind, first, pre, model, False, on_error)
     from tqdm import tqdm
 
@@ -119,6 +123,19 @@ def image_inputs(
             xs.append(x)
             bar.update(len(x))
     return torch.cat(xs)
+
+
+def extraction_overrides(meta: dict | None) -> dict[str, Any]:
+    """The preprocessing settings an extraction was given as arguments, from its ``meta``.
+
+    What :func:`image_inputs` needs as ``overrides`` to preprocess the images the same way
+    (e.g. ``--input-size 32`` at extraction); empty when the model's own config was used.
+    """
+    from ..extraction._vision_inputs import check_overrides
+
+    pre = (meta or {}).get("preprocessing") or {}
+    source = pre.get("source") or {}
+    return check_overrides(**{k: pre[k] for k, v in source.items() if v == "argument"})
 
 
 def _predictions(ex) -> torch.Tensor:
