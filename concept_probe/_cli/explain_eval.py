@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .flags import UsageError, _warnings_as_notes
 from .models import _load_vision
-from .stages import _load_acts, _load_fit, _positive
+from .stages import _load_acts, _load_fit, _positive, _refuse_text_explain
 
 
 def _is_demo_acts(acts) -> bool:
@@ -21,13 +21,9 @@ def _is_demo_acts(acts) -> bool:
 def _explain_inputs(args, acts):
     """(model, inputs, tokenizer, samples_of, demo) for the explainer, from the arguments."""
     if getattr(args, "texts", None) is not None:
-        from ..extraction import load_text_model
-        from ..extraction.text import read_texts
-
         if not args.model:
             raise UsageError("--texts needs --model (the transformers model extracted from).")
-        model, tokenizer = load_text_model(args.model)
-        return model, read_texts(args.texts)[0], tokenizer, None, False
+        _refuse_text_explain()  # load_text_model has no task head: no classes to explain
     if getattr(args, "images", None) is not None:
         from ..errors import SkippedInputsWarning
         from ..explain import image_inputs

@@ -74,6 +74,8 @@ def _extract(args, out: Path | None = None, check=None):
                     f"{flag} applies to images only; with --texts, --model is a transformers "
                     f"model folder or hub id (its own weights) and every token is a row."
                 )
+        if getattr(args, "explain", None):
+            _refuse_text_explain()
         if not args.texts.is_file():
             raise UsageError(f"--texts {args.texts}: no such file.")
         if not args.layer:
@@ -263,4 +265,14 @@ def _print_done(acts, nmf, t0: float) -> None:
         f"{acts.n_rows} rows x {acts.n_features} features from {acts.n_samples} inputs; "
         f"{nmf.nb_concepts} concepts, relative error {nmf.reconstruction_error_:.3f} after "
         f"{nmf.n_iter_} {nmf.solver} iterations; {time.perf_counter() - t0:.1f} s."
+    )
+
+
+def _refuse_text_explain() -> None:
+    """--explain with --texts: refused before any work (the text model has no classes)."""
+    raise UsageError(
+        "--explain ranks concepts for a classifier's classes, but --texts loads the model "
+        "with no task head (transformers AutoModel), so it has no classes; drop --explain, or "
+        "explain a target of your own in Python with ConceptExplainer(...).importance("
+        "target=lambda output: ...) (docs/guides/explain.md)."
     )

