@@ -72,3 +72,14 @@ def test_available_memory_reads_this_machine():
 
     free = available_memory("cpu")
     assert free is None or free > 0
+
+
+def test_max_rows_beyond_int64_keeps_every_row(tmp_path):
+    # before: extract_image_activations(max_rows=10**20) (CLI --max-rows 99999999999999999999)
+    # crashed with an OverflowError inside the first batch, after writing progress.json
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    x = torch.rand(3, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    everything = cp.extract_image_activations(net, "1", x, progress=False)
+    for max_rows in (10**20, 2**63):
+        acts = cp.extract_image_activations(net, "1", x, max_rows=max_rows, progress=False)
+        assert torch.equal(acts.A, everything.A) and acts.n_rows == 3 * 16

@@ -262,7 +262,8 @@ class Quota:
         if self.rows_per_image is not None:
             q[:] = self.rows_per_image
         if self.max_rows is not None:
-            base = self.max_rows // self.n_total
+            # capped below int64's top: a max_rows beyond it (10**20) means every row
+            base = min(self.max_rows // self.n_total, np.iinfo(np.int64).max - 1)
             q = np.minimum(q, base + self._bonus[s:e])
         return q
 
