@@ -42,3 +42,24 @@ def test_explain_on_texts_is_refused_before_any_work(tmp_path, capsys, texts):
         )  # fmt: skip
         one_line_error(code, err, "no task head", "ConceptExplainer")
         assert not (tmp_path / "r").exists()
+
+
+def test_a_layer_named_twice_is_refused_before_any_work(tmp_path, capsys, texts):
+    # both names streamed into one folder: it used to be left corrupt ("strings file ...
+    # missing"), in the API (out=) and at the command line
+    from concept_probe import extract_text_activations, load_text_model
+
+    model, tok = load_text_model(minilm.get_model_path())
+    with pytest.raises(ValueError, match=r"'encoder\.layer\.3' twice"):
+        extract_text_activations(
+            model, tok, ["encoder.layer.3", "encoder.layer.3"], texts, out=tmp_path / "a"
+        )
+    assert not (tmp_path / "a").exists()
+    capsys.readouterr()  # the weight-loading bar of load_text_model
+    out = tmp_path / "o"
+    code, _, err = cli(
+        capsys, "run", "--model", minilm.get_model_path(), "--texts", texts,
+        "--layer", "encoder.layer.3", "--layer", "encoder.layer.3", "--out", out, *SMALL,
+    )  # fmt: skip
+    one_line_error(code, err, "'encoder.layer.3' twice")
+    assert not out.exists()

@@ -159,6 +159,9 @@ def setup(model: nn.Module, layer: str | Sequence[str], device: str | torch.devi
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
     single = isinstance(layer, str)
     layers = [layer] if single else list(layer)
+    twice = next((name for i, name in enumerate(layers) if name in layers[:i]), None)
+    if twice is not None:  # both would stream into one folder and leave it corrupt
+        raise ValueError(f"layer lists {twice!r} twice (CLI: --layer); give each layer once.")
     dev = resolve_device(device)
     resolve_layers(model, layers)
     return Setup(single, layers, dev)
