@@ -122,6 +122,28 @@ def check_int(
     return int(value)
 
 
+#: Seeds are below 2**63: torch's generators take 64 bits and evaluate() adds offsets.
+SEED_MAX = 2**63 - 1
+
+
+def check_seed(value: Any, name: str = "seed", *, none_ok: bool = False) -> int | None:
+    """Return ``value`` as an ``int`` seed in [0, 2**63) (see :func:`check_int`).
+
+    Examples
+    --------
+    >>> check_seed(7)
+    7
+    """
+    return check_int(
+        value,
+        name,
+        minimum=0,
+        maximum=SEED_MAX,
+        none_ok=none_ok,
+        expected="an integer >= 0 and < 2**63",
+    )
+
+
 def check_positive_int(value: Any, name: str, *, none_ok: bool = False, fix: str = "") -> Any:
     """Return ``value`` as an ``int`` >= 1 (see :func:`check_int`).
 

@@ -105,9 +105,9 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
     if seed is None:
         gen.seed()
     else:
-        from ._checks import check_int
+        from ._checks import check_seed
 
-        gen.manual_seed(check_int(seed, "seed", minimum=0, none_ok=True))
+        gen.manual_seed(check_seed(seed, none_ok=True))
     return gen
 
 

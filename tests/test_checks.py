@@ -84,7 +84,10 @@ def test_check_params_fails_before_any_data():
         (cp.ConvexNMF(2, solver="adam"), "solver must be one of 'mu', 'pgd'; got 'adam'."),
         (cp.ConvexNMF(2, l1_penalty=-1), "l1_penalty must be a finite number >= 0; got -1."),
         (cp.ConvexNMF(2, strict_convex=1), "strict_convex must be True or False; got 1 (int)."),
-        (cp.ConvexNMF(2, seed="0"), "seed must be an integer >= 0 or None; got '0' (str)."),
+        (
+            cp.ConvexNMF(2, seed="0"),
+            "seed must be an integer >= 0 and < 2**63 or None; got '0' (str).",
+        ),
         (cp.ConvexNMF(2, max_iter=-1), "max_iter must be an integer >= 0; got -1."),
         (cp.SemiNMF(2, init="semi_nmf"), "init must be one of 'kmeans', 'random'"),
     ]

@@ -43,7 +43,11 @@ def test_library_errors_name_the_flags_on_every_subcommand(saved, tmp_path, caps
     acts, fit = saved / "a.cp", saved / "fit"
     cases = [
         (["run", "--device", "xpu"], ["--device xpu is not supported"], ["device="]),
-        (["run", "--seed", "-5"], ["--seed must be an integer >= 0; got -5."], ["seed:", "None"]),
+        (
+            ["run", "--seed", "-5"],
+            ["--seed must be an integer >= 0 and < 2**63; got -5."],
+            ["seed:", "None"],
+        ),
         (
             ["run", "--concepts", "-3"],
             ["--concepts must be a positive integer; got -3."],
@@ -197,3 +201,19 @@ def test_explain_names_the_flag(tmp_path, capsys):
         capsys, "explain", acts, fit, "--device", "xpu", "--out", tmp_path / "r", "--quiet"
     )
     assert msg.startswith("--device xpu is not supported") and "device=" not in msg
+
+
+def test_a_seed_too_large_for_the_generators_is_refused_naming_the_flag(saved, tmp_path, capsys):
+    # before: "concept-probe: error: Overflow when unpacking long long" (fit --seed 2**64,
+    # evaluate --seed 2**64 - 1: torch's generator takes 64 bits, evaluate adds offsets)
+    acts = saved / "a.cp"
+    for argv in (
+        ["fit", acts, "--seed", str(2**64), "--out", tmp_path / "f"],
+        ["evaluate", acts, "--k", "2", "--seeds", "2", "--folds", "2", "--out", tmp_path / "e"],
+    ):
+        argv = [*argv, "--seed", str(2**64 - 1)] if argv[0] == "evaluate" else argv
+        code, _, err = run_cli(capsys, *argv)
+        one_line_error(code, err, "--seed must be an integer >= 0 and < 2**63", notes=False)
+        assert not (tmp_path / "f").exists() and not (tmp_path / "e").exists()
+    with pytest.raises(ValueError, match=r"seed must be an integer >= 0 and < 2\*\*63"):
+        cp.ConvexNMF(2, seed=2**63).check_params()

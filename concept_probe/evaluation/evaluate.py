@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._checks import check_positive_int
+from .._checks import check_positive_int, check_seed
 from ..errors import ConvergenceWarning
 from ._methods import METHODS, fit_in_worker, fit_method, init_worker
 from .metrics import (
@@ -397,6 +397,7 @@ def evaluate(
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise ValueError(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}.")
+    seed = check_seed(seed)
     split = _split(n, folds, seed)
     n_train = len(split["trains"][0])
     ks = _check_ks(k, min(len(t) for t in split["trains"]), n, folds)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._checks import check_choice, check_int, check_positive_int
+from .._checks import check_choice, check_int, check_positive_int, check_seed
 from ..errors import PreprocessingWarning
 from . import _engine
 from ._rows import Quota, VisionRows
@@ -209,7 +209,7 @@ def extract_image_activations(
         (max_image_size, "max_image_size"),
     ):
         check_positive_int(value, name, none_ok=True)
-    check_int(seed, "seed", minimum=0)
+    check_seed(seed)
     check_choice(on_error, "on_error", _ON_ERROR)
     border = check_int(border, "border", minimum=0)
     if border and mode != "spatial":

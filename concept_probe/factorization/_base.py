@@ -24,6 +24,7 @@ from .._checks import (
     check_int,
     check_nonnegative,
     check_positive_int,
+    check_seed,
 )
 from .._torch_utils import available_memory, make_generator, resolve_device, resolve_dtype
 from ..errors import (
@@ -223,7 +224,7 @@ class DictionaryEstimator(nn.Module):
         )
         check_nonnegative(self.tol, "tol", fix="0 disables early stopping.")
         check_choice(self.init, "init", self._INITS)
-        check_int(self.seed, "seed", minimum=0, none_ok=True)
+        check_seed(self.seed, none_ok=True)
         if self.max_iter is not None:
             self._check_max_iter(self.max_iter)
         check_positive_int(
