@@ -75,25 +75,8 @@ def test_killed_extract_resumes_bit_identically_and_refuses_other_settings(
     assert code == 0, err
 
     out = tmp_path / "acts.cp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    log = tmp_path / "child.log"
-    with open(log, "wb") as sink:
-        child = subprocess.Popen(
-            [sys.executable, "-c", SLOW_CHILD, *map(str, argv), "--out", str(out)],
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 240
-        while _shards_done(out) < 3 and child.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert child.poll() is None, log.read_text()[-2000:]
-        os.kill(child.pid, signal.SIGKILL)  # no handler runs: what is on disk is all there is
-    finally:
-        child.kill()
-        child.wait()
-    done = _shards_done(out)
+    # SIGKILL: no handler runs, what is on disk is all there is
+    done = _kill_after(argv, out, tmp_path / "child.log", 3)
     assert 3 <= done < 12 and not (out / "manifest.json").exists()
 
     # other settings: refused in flags, exit 2, and the partial folder is left as it was
